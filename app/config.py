@@ -1,0 +1,187 @@
+"""The app's configuration: section ``fc_knowledge_distillation`` of config.yml.
+
+``load_config`` reads the file with ``yaml.safe_load`` and validates it against
+``KDConfig``. Every problem is collected and reported at once, one line per key,
+in the form ``alpha: 1.5 — must be a number between 0 and 1``. Each field
+declares in words what it allows, so type errors and range errors read alike.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from app.errors import ConfigError
+
+SECTION = "fc_knowledge_distillation"
+
+
+def _number(value: Any) -> Any:
+    # YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it means.
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    if isinstance(value, str):
+        return float(value)
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("not a whole number")
+    if isinstance(value, float):
+        return int(value)
+    return value
+
+
+def _field(default: Any, allowed: str, **constraints: Any) -> Any:
+    return Field(default, json_schema_extra={"allowed": allowed}, **constraints)
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class KDConfig(BaseModel):
+    """Validated settings of one site. Defaults follow the original FeatureCloud KD app."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teacher_model: str = _field("teacher.py", "the name of a .py file defining class Model", min_length=1)
+    student_model: str = _field("student.py", "the name of a .py file defining class Model", min_length=1)
+    teacher_args: dict[str, Any] = _field({}, "a mapping of keyword arguments for the teacher's Model(...)")
+    student_args: dict[str, Any] = _field({}, "a mapping of keyword arguments for the student's Model(...)")
+    teacher_weights: str | None = _field(None, "the name of a weights file (.pt/.pth) for the teacher, or empty")
+    train_dataset: str = _field("train_dataset.pth", "the name of a dataset file or folder", min_length=1)
+    test_dataset: str = _field("test_dataset.pth", "the name of a dataset file or folder", min_length=1)
+
+    max_iter: WholeNumber = _field(10, "a whole number of communication rounds ≥ 1", ge=1)
+    local_epochs: WholeNumber = _field(1, "a whole number of local epochs per round ≥ 1", ge=1)
+    batch_size: WholeNumber = _field(256, "a whole number ≥ 1", ge=1)
+    learning_rate: Number = _field(0.001, "a number > 0 and ≤ 10", gt=0, le=10)
+    optimizer: Literal["adam", "sgd"] = _field("adam", "one of: adam, sgd")
+    momentum: Number = _field(0.9, "a number between 0 and 1 (used by sgd)", ge=0, lt=1)
+    weight_decay: Number = _field(0.0, "a number ≥ 0", ge=0)
+
+    temperature: Number = _field(2.0, "a number > 0 and ≤ 100", gt=0, le=100)
+    alpha: Number = _field(0.5, "a number between 0 and 1", ge=0, le=1)
+    loss: Literal["kl", "mse", "soft_ce"] = _field("kl", "one of: kl, mse, soft_ce")
+
+    seed: WholeNumber = _field(0, "a whole number ≥ 0", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = _field("auto", "one of: auto, cpu, cuda")
+
+
+FIELDS = tuple(KDConfig.model_fields)
+
+
+def load_config(path: str | Path) -> KDConfig:
+    """Read and validate config.yml; raise ConfigError listing every problem."""
+    path = Path(path)
+    return parse_config(_read_yaml(path), source=path.name)
+
+
+def parse_config(document: Any, source: str = "config.yml") -> KDConfig:
+    """Validate an already-parsed YAML document (sectioned or flat)."""
+    section = _section(document, source)
+    try:
+        return KDConfig(**section)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+    raise ConfigError(_problem_report(source, problems))
+
+
+def effective_document(original: Any, config: KDConfig) -> dict:
+    """The config document to hand on to the next app of a workflow.
+
+    Other apps' sections are kept as they were; ours holds every key with the
+    value actually used, defaults included, so a reader sees the whole run.
+    """
+    ours = config.model_dump()
+    if isinstance(original, dict) and SECTION in original:
+        return {**original, SECTION: ours}
+    if isinstance(original, dict) and not _looks_flat(original):
+        return {**original, SECTION: ours}
+    return {SECTION: ours}
+
+
+def read_document(path: str | Path) -> Any:
+    """The raw YAML document of config.yml (for ``effective_document``)."""
+    return _read_yaml(Path(path))
+
+
+def differences(mine: KDConfig, theirs: KDConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Keys whose values differ, rendered as ``key: mine != theirs``."""
+    a, b = mine.model_dump(), theirs.model_dump()
+    return [f"{key}: {a[key]!r} here, {b[key]!r} at the coordinator"
+            for key in FIELDS if key not in ignore and a[key] != b[key]]
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(
+            f"{path.name}: not found at {path}. Put a config.yml with a "
+            f"'{SECTION}:' section in the generic (or client) input folder.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name}: cannot be read ({exc}). Save it as a UTF-8 text file.") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{path.name}: YAML syntax error{where}: {problem}. "
+            "Check indentation and that each setting reads 'key: value'.") from None
+
+
+def _looks_flat(document: dict) -> bool:
+    return any(key in FIELDS or not isinstance(value, dict) for key, value in document.items())
+
+
+def _section(document: Any, source: str) -> dict:
+    if document is None:
+        raise ConfigError(f"{source}: the file is empty. Add a '{SECTION}:' section (see the README).")
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of settings, found {type(document).__name__}. "
+            f"Start the file with '{SECTION}:' and indent the settings below it.")
+    if SECTION in document:
+        section = document[SECTION]
+        if section is None:
+            return {}
+        if not isinstance(section, dict):
+            raise ConfigError(
+                f"{source}: '{SECTION}' must hold indented 'key: value' settings, "
+                f"found {section!r}.")
+        return section
+    if _looks_flat(document):
+        return document
+    found = ", ".join(str(key) for key in document)
+    hint = difflib.get_close_matches(SECTION, [str(key) for key in document], n=1)
+    suggestion = f" Rename '{hint[0]}' to '{SECTION}'." if hint else (
+        f" Add a '{SECTION}:' section with this app's settings.")
+    raise ConfigError(f"{source}: no '{SECTION}' section (found: {found}).{suggestion}")
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(error["loc"][-1]), FIELDS, n=1, cutoff=0.6)
+        hint = f" — did you mean '{close[0]}'?" if close else " — see the README for the list of keys"
+        return f"{key}: unknown key{hint}"
+    field = KDConfig.model_fields.get(str(error["loc"][0]))
+    allowed = (field.json_schema_extra or {}).get("allowed") if field else None
+    return f"{key}: {error['input']!r} — must be {allowed or error['msg']}"
+
+
+def _problem_report(source: str, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    lines = "\n".join(f"  - {problem}" for problem in problems)
+    return f"{source} has {len(problems)} problems:\n{lines}"

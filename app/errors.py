@@ -1,0 +1,31 @@
+"""User-facing errors.
+
+Every mistake a user can make (config, model files, datasets, hyper-parameters)
+is raised as a ``KDError`` whose message is complete on its own: it names the
+file, the key and the value, and says how to fix it. The state machine logs that
+message and the test-bed shows it, so no traceback is needed to understand it.
+"""
+
+
+class KDError(Exception):
+    """A problem the user can fix; the message says what and how."""
+
+
+class ConfigError(KDError):
+    """config.yml is missing, unreadable or has invalid keys or values."""
+
+
+class ModelError(KDError):
+    """A teacher/student model file or weights file cannot be used."""
+
+
+class DataError(KDError):
+    """A dataset file is missing, unreadable or inconsistent."""
+
+
+class TrainingError(KDError):
+    """Training cannot go on (for example the loss stopped being finite)."""
+
+
+class FederationError(KDError):
+    """Sites disagree (config, architecture) or sent unusable updates."""
