@@ -1,0 +1,27 @@
+"""Read IDX files (the format MNIST is distributed in), gzip-compressed or not."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """The array stored in an IDX file, e.g. MNIST images as uint8 [N, 28, 28]."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(_DTYPES[data[2]])
+    offset = 4 + 4 * ndim
+    expected = offset + int(np.prod(dims)) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(f"{path}: truncated or padded IDX file ({len(data)} bytes, expected {expected})")
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))

@@ -1,0 +1,127 @@
+"""A site's outputs: the global student, metrics, per-round table, plots, config.
+
+Every file is written atomically (a temporary file in the same folder, then
+``os.replace``), so an interrupted run leaves either the old file or the new
+one, never half of one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")   # no display in containers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch import nn  # noqa: E402
+
+STUDENT_WEIGHTS = "student.pt"
+STUDENT_TORCHSCRIPT = "student_torchscript.pt"
+METRICS = "metrics.json"
+ROUNDS_CSV = "rounds.csv"
+ACCURACY_PLOT = "accuracy.png"
+LOSS_PLOT = "loss.png"
+CONFIG = "config.yml"
+LOG = "log.txt"
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through ``write(handle)`` into a temporary file, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+
+
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    atomic_write(path, lambda handle: torch.save(dict(state_dict), handle))
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """A TorchScript file runnable without the model's Python source (traced on ``example``)."""
+    model.eval()
+    # TorchScript is deprecated in favour of torch.export but is still what most
+    # deployment stacks load; the warning would only confuse users reading the log.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)
+        atomic_write(path, lambda handle: torch.jit.save(traced, handle))
+
+
+def write_rounds_csv(rounds: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(key for row in rounds for key in row
+                                 if not isinstance(row[key], (list, dict))))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rounds)
+    write_text(path, buffer.getvalue())
+
+
+def write_config(document: Mapping, path: Path) -> None:
+    write_text(path, yaml.safe_dump(dict(document), sort_keys=False))
+
+
+def plot_rounds(rounds: list[dict], key: str, path: Path, *, title: str, ylabel: str,
+                series: Mapping[str, str] | None = None, references: Mapping[str, float] | None = None) -> None:
+    """Line plot of ``rounds[i][column]`` per round for each (label → column) in ``series``,
+    plus dashed horizontal reference lines (e.g. the teacher's accuracy)."""
+    series = series or {"student": key}
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    xs = [row["round"] for row in rounds]
+    for label, column in series.items():
+        ys = [row.get(column) for row in rounds]
+        if any(y is not None for y in ys):
+            axes.plot(xs, [math.nan if y is None else y for y in ys], marker="o", label=label)
+    for label, value in (references or {}).items():
+        if value is not None:
+            axes.axhline(value, linestyle="--", color="grey", label=label)
+    axes.set_xlabel("round")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    if xs:
+        axes.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    write_bytes(path, buffer.getvalue())
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON; write them as null rather than produce an invalid file."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(key): _json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(value) for value in obj]
+    return obj

@@ -1,0 +1,179 @@
+"""Local training: plain epochs on hard labels, distillation epochs, evaluation.
+
+The teacher is frozen, so distillation normally reads its logits from a cache
+computed once per site (``compute_logits``) and indexed by sample position;
+passing the teacher itself instead runs it on every batch (the "online" path,
+kept for data that cannot be cached and to check that both agree).
+
+Randomness (shuffle order, dropout) is derived from (seed, round, epoch) only,
+so a round trains the same way whether the run was interrupted before it or not.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.config import KDConfig
+from app.data import Data
+from app.errors import ConfigError, TrainingError
+from app.losses import DistillKind, kd_loss
+
+EVAL_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one call of ``train_local`` does; built from the config by ``from_config``."""
+
+    epochs: int = 1
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    temperature: float = 2.0
+    alpha: float = 0.5
+    loss: DistillKind = "kl"
+
+    @classmethod
+    def from_config(cls, config: KDConfig, epochs: int | None = None) -> "TrainSettings":
+        return cls(epochs=config.local_epochs if epochs is None else epochs,
+                   batch_size=config.batch_size, learning_rate=config.learning_rate,
+                   optimizer=config.optimizer, momentum=config.momentum,
+                   weight_decay=config.weight_decay, seed=config.seed,
+                   temperature=config.temperature, alpha=config.alpha, loss=config.loss)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float
+    samples: int
+    per_class_accuracy: list[float | None]   # None for classes absent from the data
+    confusion_matrix: list[list[int]]        # rows: true class, columns: predicted class
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """auto → cuda when available, else cpu; an explicit cuda without a GPU is a config error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' — no CUDA GPU is visible here. Use device: auto (falls back "
+                          "to the CPU) or run the container with --gpus all.")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.learning_rate, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    return torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def epoch_generator(seed: int, round_index: int, epoch: int) -> torch.Generator:
+    """The shuffle order of one epoch, a function of (seed, round, epoch) alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + round_index * 1_009 + epoch)
+
+
+@torch.inference_mode()
+def compute_logits(model: nn.Module, data: Data, device: torch.device | str = "cpu",
+                   batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits of ``model`` for every sample, in dataset order: float32 [N, K] on the CPU."""
+    model.eval()
+    chunks = [model(images.to(device)).float().cpu() for _, images, _ in data.batches(batch_size)]
+    return torch.cat(chunks)
+
+
+def train_local(model: nn.Module, data: Data, settings: TrainSettings, *,
+                teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
+                round_index: int = 0, device: torch.device | str = "cpu",
+                role: str = "student") -> dict:
+    """Train ``model`` in place for ``settings.epochs`` epochs and return round statistics.
+
+    With ``teacher_logits`` (cached, [N, K]) or ``teacher`` (run on each batch) the
+    loss is the KD blend; with neither it is plain cross-entropy on the labels.
+    ``role`` names the model in error messages ("student", "teacher", "baseline").
+    """
+    distilling = teacher_logits is not None or teacher is not None
+    if teacher is not None:
+        teacher.eval()
+        teacher.requires_grad_(False)
+    torch.manual_seed(settings.seed * 7_919 + round_index)   # dropout & co., reproducible per round
+    optimizer = make_optimizer(model, settings)
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    seen = 0
+    started = time.perf_counter()
+    for epoch in range(settings.epochs):
+        generator = epoch_generator(settings.seed, round_index, epoch)
+        for batch, (indices, images, labels) in enumerate(
+                data.batches(settings.batch_size, shuffle=True, generator=generator)):
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            if distilling:
+                targets = _teacher_targets(teacher_logits, teacher, indices, images, device)
+                loss = kd_loss(logits, targets, labels, settings.temperature, settings.alpha, settings.loss)
+            else:
+                loss = F.cross_entropy(logits, labels)
+            if not torch.isfinite(loss):
+                raise TrainingError(_divergence_message(role, loss.item(), settings, round_index, epoch, batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double().cpu() * len(labels)
+            correct += (logits.detach().argmax(dim=1) == labels).sum().cpu()
+            seen += len(labels)
+    return {"train_loss": loss_sum.item() / max(seen, 1),
+            "train_accuracy": correct.item() / max(seen, 1),
+            "samples": len(data), "epochs": settings.epochs,
+            "seconds": time.perf_counter() - started}
+
+
+def _teacher_targets(cached: torch.Tensor | None, teacher: nn.Module | None, indices: torch.Tensor,
+                     images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    if cached is not None:
+        return cached[indices].to(device)
+    with torch.inference_mode():
+        return teacher(images).float()
+
+
+def _divergence_message(role: str, value: float, settings: TrainSettings, round_index: int,
+                        epoch: int, batch: int) -> str:
+    suggestion = settings.learning_rate / 10
+    return (f"training the {role} diverged: the loss became {value} in round {round_index + 1}, "
+            f"epoch {epoch + 1}, batch {batch + 1} with learning_rate {settings.learning_rate:g}. "
+            f"Lower learning_rate in config.yml (e.g. to {suggestion:g}) and check the images hold "
+            f"no NaN or extreme values.")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Data, num_classes: int, device: torch.device | str = "cpu",
+             batch_size: int = EVAL_BATCH) -> Evaluation:
+    """Accuracy, mean cross-entropy, per-class accuracy and confusion matrix on ``data``."""
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    loss_sum = 0.0
+    for _, images, labels in data.batches(batch_size):
+        logits = model(images.to(device)).float().cpu()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        pairs = labels * num_classes + logits.argmax(dim=1)
+        confusion += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
+    samples = int(confusion.sum())
+    per_class_total = confusion.sum(dim=1)
+    diagonal = confusion.diagonal()
+    per_class = [None if total == 0 else float(hit) / float(total)
+                 for hit, total in zip(diagonal.tolist(), per_class_total.tolist())]
+    return Evaluation(accuracy=float(diagonal.sum()) / max(samples, 1),
+                      loss=loss_sum / max(samples, 1),
+                      samples=samples, per_class_accuracy=per_class,
+                      confusion_matrix=confusion.tolist())

@@ -1,0 +1,71 @@
+"""Entry point of fc-knowledge-distillation.
+
+    python main.py                 serve the FeatureCloud API on 127.0.0.1:5000 (what the container runs)
+    python main.py serve --port P --input-dir IN --output-dir OUT
+                                   one client on a chosen port and folders (used by the local test-bed)
+    python main.py simulate --client-dirs A,B --generic-dir G --output-dir OUT
+                                   run a whole federation on this machine
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Engine waits the local test-bed may shorten; the container keeps the platform's defaults.
+ENGINE_WAITS = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_WAIT": "TERMINAL_WAIT",
+                "FC_DATA_POLL_INTERVAL": "DATA_POLL_INTERVAL"}
+
+
+def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path | None = None,
+          shorten_waits: bool = False) -> None:
+    """Mount the FeatureCloud API (/api) and web UI (/web) on Bottle and serve forever."""
+    from bottle import Bottle
+    from FeatureCloud.app.api.http_ctrl import api_server
+    from FeatureCloud.app.api.http_web import web_server
+    import FeatureCloud.app.engine.app as engine
+
+    import states
+
+    if shorten_waits:
+        for variable, name in ENGINE_WAITS.items():
+            if variable in os.environ:
+                setattr(engine, name, float(os.environ[variable]))
+    if "KD_NUM_THREADS" in os.environ:
+        import torch
+        torch.set_num_threads(int(os.environ["KD_NUM_THREADS"]))
+    if input_dir is not None:
+        states.PATHS.input_dir = input_dir
+    if output_dir is not None:
+        states.PATHS.output_dir = output_dir
+
+    engine.app.register()
+    server = Bottle()
+    server.mount("/api", api_server)
+    server.mount("/web", web_server)
+    server.run(host=host, port=port, quiet=shorten_waits)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        serve("localhost", 5000)
+        return 0
+    if argv[0] == "simulate":
+        from app.testbed.cli import main as simulate
+        return simulate(argv[1:])
+    if argv[0] == "serve":
+        parser = argparse.ArgumentParser(prog="main.py serve", description="Serve one client of the app.")
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=5000)
+        parser.add_argument("--input-dir", type=Path, required=True)
+        parser.add_argument("--output-dir", type=Path, required=True)
+        args = parser.parse_args(argv[1:])
+        serve(args.host, args.port, args.input_dir.resolve(), args.output_dir.resolve(), shorten_waits=True)
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,149 @@
+"""Regenerate sample_data/ from the MNIST IDX files.
+
+    python scripts/make_sample_data.py [--clients 2] [--split iid|dirichlet] [--dirichlet-alpha 0.5]
+
+Writes, from real MNIST:
+  generic/  config.yml, teacher.py, student.py (copies of the model zoo's MNIST pair)
+            and teacher.pt, the teacher trained here on MNIST training images that no
+            client receives (as if it had been pretrained elsewhere)
+  c1/, c2/, ...  train.npz and test.npz (uint8 images [N,28,28], int64 labels), disjoint
+
+Everything is seeded: the same arguments give the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from app.data import TensorData  # noqa: E402
+from app.idx import read_idx  # noqa: E402
+from app.models import build_model, parameter_count  # noqa: E402
+from app.partition import dirichlet_shares, split_by_shares, split_iid  # noqa: E402
+from app.training import TrainSettings, evaluate, train_local  # noqa: E402
+
+TEACHER_FILE = REPO / "models" / "mnist_cnn_teacher.py"
+STUDENT_FILE = REPO / "models" / "mnist_cnn_student.py"
+
+CONFIG = """\
+# Sample federation: real MNIST split over {clients} sites ({split}).
+# Regenerate with: python scripts/make_sample_data.py {arguments}
+# Every key is explained in the config.yml at the top of the repository.
+fc_knowledge_distillation:
+  teacher_model: teacher.py
+  student_model: student.py
+  teacher_weights: teacher.pt
+  train_dataset: train.npz
+  test_dataset: test.npz
+  max_iter: 6
+  local_epochs: 1
+  batch_size: 32
+  learning_rate: 0.004
+  temperature: 4.0
+  alpha: 0.8
+  loss: kl
+  seed: 0
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "mnist")
+    parser.add_argument("--out", type=Path, default=REPO / "sample_data")
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--split", choices=["iid", "dirichlet"], default="iid")
+    parser.add_argument("--dirichlet-alpha", type=float, default=0.5)
+    parser.add_argument("--train-per-client", type=int, default=5000)
+    parser.add_argument("--test-per-client", type=int, default=1000)
+    parser.add_argument("--teacher-samples", type=int, default=30000,
+                        help="MNIST training images used only to train the teacher")
+    parser.add_argument("--teacher-epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    x_train = read_idx(args.mnist_dir / "train-images-idx3-ubyte.gz")
+    y_train = read_idx(args.mnist_dir / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    x_test = read_idx(args.mnist_dir / "t10k-images-idx3-ubyte.gz")
+    y_test = read_idx(args.mnist_dir / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+
+    order = np.random.default_rng(args.seed).permutation(len(y_train))
+    teacher_idx, client_pool = order[:args.teacher_samples], order[args.teacher_samples:]
+    train_parts, test_parts = split_clients(args, y_train[client_pool], y_test)
+
+    generic = args.out / "generic"
+    generic.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TEACHER_FILE, generic / "teacher.py")
+    shutil.copyfile(STUDENT_FILE, generic / "student.py")
+    arguments = " ".join(argv) if argv else "(defaults)"
+    (generic / "config.yml").write_text(CONFIG.format(clients=args.clients, split=describe(args),
+                                                      arguments=arguments))
+    for site in range(args.clients):
+        folder = args.out / f"c{site + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        train_idx, test_idx = client_pool[train_parts[site]], test_parts[site]
+        save_npz(folder / "train.npz", x_train[train_idx], y_train[train_idx])
+        save_npz(folder / "test.npz", x_test[test_idx], y_test[test_idx])
+        counts = np.bincount(y_train[train_idx], minlength=10)
+        print(f"c{site + 1}: {len(train_idx)} train, {len(test_idx)} test; train labels per class {counts.tolist()}")
+
+    train_teacher(args, x_train[teacher_idx], y_train[teacher_idx], x_test, y_test, generic / "teacher.pt")
+    return 0
+
+
+def describe(args: argparse.Namespace) -> str:
+    return "IID" if args.split == "iid" else f"Dirichlet non-IID, alpha {args.dirichlet_alpha}"
+
+
+def split_clients(args: argparse.Namespace, pool_labels: np.ndarray,
+                  test_labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Index sets into the client pool (train) and the MNIST test set, one per client."""
+    if args.split == "iid":
+        return (split_iid(pool_labels, args.clients, args.train_per_client, args.seed),
+                split_iid(test_labels, args.clients, args.test_per_client, args.seed + 1))
+    # A site's test set is skewed like its training set: it is that site's own data.
+    shares = dirichlet_shares(10, args.clients, args.dirichlet_alpha, args.seed)
+    return (split_by_shares(pool_labels, shares, args.clients * args.train_per_client, args.seed),
+            split_by_shares(test_labels, shares, args.clients * args.test_per_client, args.seed + 1))
+
+
+def save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    np.savez_compressed(path, images=images, labels=labels)
+
+
+def train_teacher(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray,
+                  test_images: np.ndarray, test_labels: np.ndarray, path: Path) -> None:
+    torch.manual_seed(args.seed)
+    teacher = build_model(TEACHER_FILE, {}, "teacher_model")
+    train = TensorData(torch.from_numpy(images), torch.from_numpy(labels), name="teacher training set")
+    test = TensorData(torch.from_numpy(test_images), torch.from_numpy(test_labels), name="MNIST test set")
+    settings = TrainSettings(epochs=1, batch_size=128, learning_rate=1e-3, seed=args.seed)
+    started = time.perf_counter()
+    for epoch in range(args.teacher_epochs):
+        stats = train_local(teacher, train, settings, round_index=epoch, role="teacher")
+        accuracy = evaluate(teacher, test, 10).accuracy
+        print(f"teacher epoch {epoch + 1}/{args.teacher_epochs}: train loss {stats['train_loss']:.4f}, "
+              f"MNIST test accuracy {accuracy:.4f} ({time.perf_counter() - started:.0f}s)")
+    # Half precision halves the file; the app loads it into the float32 teacher unchanged in accuracy.
+    half = {name: value.half() if value.is_floating_point() else value
+            for name, value in teacher.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(half, buffer)
+    path.write_bytes(buffer.getvalue())
+    print(f"teacher: {parameter_count(teacher)} parameters, {path.stat().st_size} bytes -> {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,85 @@
+"""FedAvg over whole state_dicts: weights, float buffers, integer counters, checks."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from app.aggregation import Update, fedavg, to_arrays, to_state_dict
+from app.errors import FederationError
+
+
+def bn_net(seed):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    net.train()
+    net(torch.randn(16, 4) * (seed + 1))   # moves the running statistics
+    net(torch.randn(16, 4))
+    return net
+
+
+def test_weighted_average_of_parameters_and_float_buffers():
+    nets, samples = [bn_net(0), bn_net(1), bn_net(2)], [100, 300, 600]
+    updates = [Update(f"s{i}", to_arrays(n.state_dict()), k) for i, (n, k) in enumerate(zip(nets, samples))]
+    averaged = fedavg(updates)
+    weights = np.array(samples) / sum(samples)
+    for name in ["0.weight", "0.bias", "1.weight", "1.running_mean", "1.running_var"]:
+        expected = sum(w * update.weights[name] for w, update in zip(weights, updates))
+        np.testing.assert_allclose(averaged[name].numpy(), expected, rtol=1e-6)
+        assert averaged[name].dtype == torch.float32
+
+
+def test_integer_counters_stay_integers_and_take_the_largest():
+    nets = [bn_net(0), bn_net(1)]
+    nets[1](torch.randn(8, 4))   # one more batch: counter 3 instead of 2
+    updates = [Update(f"s{i}", to_arrays(n.state_dict()), 10) for i, n in enumerate(nets)]
+    counter = fedavg(updates)["1.num_batches_tracked"]
+    assert counter.dtype == torch.int64 and counter.item() == 3
+
+
+def test_single_update_is_returned_unchanged_and_loads_into_the_model():
+    net = bn_net(0)
+    averaged = fedavg([Update("only", to_arrays(net.state_dict()), 5)])
+    fresh = bn_net(9)
+    fresh.load_state_dict(averaged)
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor)
+
+
+def test_array_round_trip_copies():
+    net = bn_net(0)
+    arrays = to_arrays(net.state_dict())
+    arrays["0.weight"][:] = 0
+    assert torch.count_nonzero(net.state_dict()["0.weight"]) > 0
+    assert torch.equal(to_state_dict(to_arrays(net.state_dict()))["0.bias"], net.state_dict()["0.bias"])
+
+
+def test_missing_tensor_names_the_site():
+    a, b = to_arrays(bn_net(0).state_dict()), to_arrays(bn_net(1).state_dict())
+    del b["1.running_var"]
+    with pytest.raises(FederationError, match="site s2's student differs from site s1's: missing \\['1.running_var'\\]"):
+        fedavg([Update("s1", a, 1), Update("s2", b, 1)])
+
+
+def test_shape_mismatch_names_the_tensor_and_both_shapes():
+    a = to_arrays(bn_net(0).state_dict())
+    b = to_arrays(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(3)).state_dict())
+    with pytest.raises(FederationError, match=r"site s2's student tensor '0.weight' has shape \[5, 4\], site s1's has \[3, 4\]"):
+        fedavg([Update("s1", a, 1), Update("s2", b, 1)])
+
+
+def test_non_finite_values_name_site_and_tensor():
+    a, b = to_arrays(bn_net(0).state_dict()), to_arrays(bn_net(1).state_dict())
+    b["0.bias"][1] = np.nan
+    with pytest.raises(FederationError, match="site s2 sent non-finite values in '0.bias'.*learning_rate"):
+        fedavg([Update("s1", a, 1), Update("s2", b, 1)])
+
+
+def test_empty_site_is_rejected():
+    a = to_arrays(bn_net(0).state_dict())
+    with pytest.raises(FederationError, match="site s1 sent an update trained on 0 samples"):
+        fedavg([Update("s1", a, 0)])
+
+
+def test_no_updates():
+    with pytest.raises(FederationError, match="no site sent an update"):
+        fedavg([])

@@ -1,0 +1,117 @@
+"""Config parsing and validation: defaults, sections, all-at-once error reports."""
+import pytest
+
+from app.config import (SECTION, KDConfig, differences, effective_document, load_config,
+                        parse_config)
+from app.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_follow_the_original_app(tmp_path):
+    config = load_config(write(tmp_path, f"{SECTION}:\n  teacher_weights: t.pt\n"))
+    assert (config.batch_size, config.learning_rate, config.max_iter) == (256, 0.001, 10)
+    assert (config.temperature, config.alpha, config.loss) == (2.0, 0.5, "kl")
+    assert (config.teacher_model, config.student_model) == ("teacher.py", "student.py")
+    assert config.teacher_weights == "t.pt"
+
+
+def test_flat_file_without_section_is_accepted(tmp_path):
+    config = load_config(write(tmp_path, "alpha: 0.25\nmax_iter: 3\n"))
+    assert (config.alpha, config.max_iter) == (0.25, 3)
+
+
+def test_empty_section_means_all_defaults():
+    assert parse_config({SECTION: None}) == KDConfig()
+
+
+def test_yaml_exponent_without_dot_is_read_as_number(tmp_path):
+    # PyYAML (YAML 1.1) parses 1e-3 as the string '1e-3'
+    assert load_config(write(tmp_path, f"{SECTION}:\n  learning_rate: 1e-3\n")).learning_rate == 0.001
+
+
+def test_every_problem_is_reported_at_once_with_key_value_and_allowed_range(tmp_path):
+    path = write(tmp_path, f"{SECTION}:\n  alpha: 1.5\n  batch_size: 0\n  loss: kld\n  temprature: 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "config.yml has 4 problems" in message
+    assert "alpha: 1.5 — must be a number between 0 and 1" in message
+    assert "batch_size: 0 — must be a whole number ≥ 1" in message
+    assert "loss: 'kld' — must be one of: kl, mse, soft_ce" in message
+    assert "temprature: unknown key — did you mean 'temperature'?" in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("max_iter: 2.5", "max_iter: 2.5 — must be a whole number"),
+    ("max_iter: yes", "max_iter: True — must be a whole number"),
+    ("learning_rate: fast", "learning_rate: 'fast' — must be a number > 0"),
+    ("learning_rate: 0", "learning_rate: 0 — must be a number > 0"),
+    ("temperature: -1", "temperature: -1 — must be a number > 0"),
+    ("device: gpu", "device: 'gpu' — must be one of: auto, cpu, cuda"),
+    ("teacher_args: 3", "teacher_args: 3 — must be a mapping of keyword arguments"),
+    ("optimizer: rmsprop", "optimizer: 'rmsprop' — must be one of: adam, sgd"),
+])
+def test_wrong_types_and_values(text, expected):
+    import yaml
+    with pytest.raises(ConfigError, match=expected):
+        parse_config({SECTION: yaml.safe_load(text)})
+
+
+def test_unknown_key_far_from_any_name_points_to_readme():
+    with pytest.raises(ConfigError, match="zzz: unknown key — see the README"):
+        parse_config({SECTION: {"zzz": 1}})
+
+
+def test_missing_file_says_where_it_looked(tmp_path):
+    with pytest.raises(ConfigError, match=f"not found at {tmp_path / 'config.yml'}"):
+        load_config(tmp_path / "config.yml")
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = write(tmp_path, f"{SECTION}:\n  alpha: 0.5\n   batch_size: [1\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+, column \d+"):
+        load_config(path)
+
+
+def test_misspelled_section_is_named():
+    with pytest.raises(ConfigError, match="Rename 'fc_knowledge_distilation' to 'fc_knowledge_distillation'"):
+        parse_config({"fc_knowledge_distilation": {"alpha": 0.1}})
+
+
+def test_other_apps_sections_without_ours():
+    with pytest.raises(ConfigError, match="no 'fc_knowledge_distillation' section \\(found: fc_deep\\)"):
+        parse_config({"fc_deep": {"max_iter": 3}})
+
+
+@pytest.mark.parametrize("document, expected", [
+    (None, "the file is empty"),
+    ([1, 2], "expected a mapping of settings, found list"),
+    ({SECTION: "alpha"}, "must hold indented 'key: value' settings"),
+])
+def test_malformed_documents(document, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(document)
+
+
+def test_effective_document_keeps_other_sections_and_fills_defaults():
+    original = {"fc_deep": {"max_iter": 3}, SECTION: {"alpha": 0.2}}
+    document = effective_document(original, parse_config(original))
+    assert document["fc_deep"] == {"max_iter": 3}
+    assert document[SECTION]["alpha"] == 0.2
+    assert document[SECTION]["batch_size"] == 256
+
+
+def test_effective_document_of_flat_file_gets_a_section():
+    document = effective_document({"alpha": 0.2}, parse_config({"alpha": 0.2}))
+    assert list(document) == [SECTION]
+
+
+def test_differences_lists_each_key():
+    a, b = parse_config({"max_iter": 3, "alpha": 0.1}), parse_config({"max_iter": 4, "alpha": 0.1})
+    assert differences(a, b) == ["max_iter: 3 here, 4 at the coordinator"]
+    assert differences(a, b, ignore=("max_iter",)) == []
