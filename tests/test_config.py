@@ -1,5 +1,8 @@
 """Config parsing and validation: defaults, sections, all-at-once error reports."""
+from pathlib import Path
+
 import pytest
+import yaml
 
 from app.config import (SECTION, KDConfig, differences, effective_document, load_config,
                         parse_config)
@@ -57,7 +60,6 @@ def test_every_problem_is_reported_at_once_with_key_value_and_allowed_range(tmp_
     ("optimizer: rmsprop", "optimizer: 'rmsprop' — must be one of: adam, sgd"),
 ])
 def test_wrong_types_and_values(text, expected):
-    import yaml
     with pytest.raises(ConfigError, match=expected):
         parse_config({SECTION: yaml.safe_load(text)})
 
@@ -115,3 +117,9 @@ def test_differences_lists_each_key():
     a, b = parse_config({"max_iter": 3, "alpha": 0.1}), parse_config({"max_iter": 4, "alpha": 0.1})
     assert differences(a, b) == ["max_iter: 3 here, 4 at the coordinator"]
     assert differences(a, b, ignore=("max_iter",)) == []
+
+
+def test_documented_template_lists_every_key_with_its_default():
+    document = yaml.safe_load((Path(__file__).parents[1] / "config.yml").read_text())
+    assert list(document[SECTION]) == list(KDConfig.model_fields)
+    assert parse_config(document) == KDConfig()
