@@ -105,8 +105,7 @@ def train_local(model: nn.Module, data: Data, settings: TrainSettings, *,
     """
     distilling = teacher_logits is not None or teacher is not None
     if teacher is not None:
-        teacher.eval()
-        teacher.requires_grad_(False)
+        teacher.eval()   # frozen: dropout off, BatchNorm statistics fixed; run under inference_mode
     torch.manual_seed(settings.seed * 7_919 + round_index)   # dropout & co., reproducible per round
     optimizer = make_optimizer(model, settings)
     model.train()

@@ -1,0 +1,135 @@
+"""Local training, distillation with a cached or online teacher, evaluation."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from app.data import TensorData
+from app.errors import ConfigError, TrainingError
+from app.training import TrainSettings, compute_logits, evaluate, resolve_device, train_local
+
+
+def blobs(n=600, seed=0, classes=3):
+    """Gaussian blobs in 2x4x4 'images', linearly separable."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    centres = torch.randn(classes, 2, 4, 4, generator=torch.Generator().manual_seed(99)) * 2
+    images = centres[labels] + 0.5 * torch.randn(n, 2, 4, 4, generator=generator)
+    return TensorData(images, labels)
+
+
+def net(seed=0, classes=3, dropout=0.0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, classes))
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_plain_training_learns_separable_data():
+    data, model = blobs(), net()
+    before = evaluate(model, data, 3).accuracy
+    stats = train_local(model, data, TrainSettings(epochs=5, batch_size=32, learning_rate=0.01))
+    after = evaluate(model, data, 3)
+    assert after.accuracy > 0.95 > before
+    assert stats["samples"] == 600 and stats["epochs"] == 5 and np.isfinite(stats["train_loss"])
+
+
+def test_sgd_with_momentum_and_weight_decay_also_learns():
+    data, model = blobs(), net()
+    settings = TrainSettings(epochs=5, batch_size=32, learning_rate=0.05, optimizer="sgd",
+                             momentum=0.9, weight_decay=1e-4)
+    train_local(model, data, settings)
+    assert evaluate(model, data, 3).accuracy > 0.95
+
+
+def test_seeded_training_is_reproducible_and_the_seed_matters():
+    data, settings = blobs(), TrainSettings(epochs=2, batch_size=16, learning_rate=0.01, seed=3)
+    runs = []
+    for seed in (3, 3, 4):
+        model = net(dropout=0.3)
+        train_local(model, data, TrainSettings(**{**settings.__dict__, "seed": seed}), round_index=2)
+        runs.append(weights(model))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_cached_teacher_logits_give_the_same_student_as_the_online_teacher():
+    data = blobs()
+    teacher = net(seed=1, dropout=0.5)   # dropout: the teacher must be in eval mode to be cacheable
+    train_local(teacher, data, TrainSettings(epochs=3, batch_size=32, learning_rate=0.01))
+    teacher_before = weights(teacher)
+    teacher.zero_grad(set_to_none=True)
+    settings = TrainSettings(epochs=2, batch_size=32, learning_rate=0.01, alpha=0.7, temperature=3.0)
+    cached, online = net(seed=2), net(seed=2)
+    train_local(cached, data, settings, teacher_logits=compute_logits(teacher, data))
+    teacher.train()   # train_local must put it back in eval mode
+    train_local(online, data, settings, teacher=teacher)
+    for name, tensor in weights(cached).items():
+        torch.testing.assert_close(tensor, online.state_dict()[name], rtol=1e-5, atol=1e-6)
+    assert not teacher.training
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_distillation_pulls_the_student_towards_the_teacher():
+    data = blobs()
+    teacher = net(seed=1)
+    train_local(teacher, data, TrainSettings(epochs=3, batch_size=32, learning_rate=0.01))
+    logits = compute_logits(teacher, data)
+    student = net(seed=5)
+    gap_before = (compute_logits(student, data) - logits).abs().mean()
+    train_local(student, data, TrainSettings(epochs=4, batch_size=32, learning_rate=0.01, alpha=1.0,
+                                             loss="mse"), teacher_logits=logits)
+    assert (compute_logits(student, data) - logits).abs().mean() < gap_before / 3
+
+
+def test_compute_logits_is_in_dataset_order_and_independent_of_batch_size():
+    data, model = blobs(n=70), net()
+    full = compute_logits(model, data, batch_size=1000)
+    assert full.shape == (70, 3)
+    torch.testing.assert_close(compute_logits(model, data, batch_size=8), full)
+    torch.testing.assert_close(full[:5], model(data.images[:5]))
+
+
+def test_diverging_loss_stops_with_a_learning_rate_hint():
+    data = blobs()
+    with pytest.raises(TrainingError) as caught:
+        train_local(net(), data, TrainSettings(epochs=3, batch_size=32, learning_rate=1e12, optimizer="sgd"))
+    message = str(caught.value)
+    assert "training the student diverged" in message
+    assert "learning_rate 1e+12" in message and "Lower learning_rate in config.yml (e.g. to 1e+11)" in message
+
+
+def test_evaluation_matches_an_independent_count():
+    data = blobs(n=200, classes=4)
+    model = net(classes=4)
+    result = evaluate(model, data, 4, batch_size=64)
+    with torch.no_grad():
+        logits = model(data.images).numpy()
+    predictions, labels = logits.argmax(1), data.labels.numpy()
+    expected = np.zeros((4, 4), dtype=int)
+    np.add.at(expected, (labels, predictions), 1)
+    assert result.confusion_matrix == expected.tolist()
+    assert result.accuracy == pytest.approx((predictions == labels).mean())
+    log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert result.loss == pytest.approx(-log_probs[np.arange(200), labels].mean(), rel=1e-5)
+    for cls in range(4):
+        mask = labels == cls
+        expected_class = (predictions[mask] == cls).mean() if mask.any() else None
+        assert result.per_class_accuracy[cls] == pytest.approx(expected_class)
+
+
+def test_classes_absent_from_the_test_set_have_no_accuracy():
+    data = TensorData(torch.randn(10, 1, 2, 2), torch.zeros(10, dtype=torch.int64))
+    result = evaluate(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), data, 3)
+    assert result.per_class_accuracy[1] is None and result.per_class_accuracy[0] is not None
+
+
+def test_explicit_cuda_without_gpu_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    with pytest.raises(ConfigError, match="device: 'cuda' — no CUDA GPU is visible"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
