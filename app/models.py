@@ -122,7 +122,7 @@ def _importable_folder(folder: Path) -> Iterator[None]:
         sys.path.remove(str(folder))
         for name in set(sys.modules) - before:
             file = getattr(sys.modules[name], "__file__", None)
-            if file and Path(file).resolve().is_relative_to(folder):
+            if name.split(".")[0] in provided and file and Path(file).resolve().is_relative_to(folder):
                 _helper_modules.add(name)
         for name, module in stale.items():
             sys.modules.setdefault(name, module)

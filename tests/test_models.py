@@ -437,29 +437,17 @@ def test_forward_raising_names_error_input_shape_and_line(tmp_path):
     assert "[batch, 1, 3, 3]" in message
 
 
-def test_forward_returning_a_tuple(tmp_path):
-    message = dry_run_error(tmp_path, "return self.fc(x.flatten(1)), x")
-    assert "returned a tuple, not a tensor" in message
-
-
-def test_forward_returning_3d_output(tmp_path):
-    message = dry_run_error(tmp_path, "return self.fc(x.flatten(1)).unsqueeze(1)")
-    assert "returned shape [5, 1, 3]" in message and "[batch, classes] = [5, K]" in message
-
-
-def test_forward_changing_the_batch_size(tmp_path):
-    message = dry_run_error(tmp_path, "return self.fc(x.reshape(-1, 4))[:2]")
-    assert "returned 2 rows for a batch of 5" in message and "x.flatten(1)" in message
-
-
-def test_forward_returning_non_finite_values(tmp_path):
-    message = dry_run_error(tmp_path, "return self.fc(x.flatten(1)) / 0")
-    assert "NaN or infinite" in message
-
-
-def test_forward_returning_class_indices(tmp_path):
-    message = dry_run_error(tmp_path, "return self.fc(x.flatten(1)).argmax(1, keepdim=True)")
-    assert "torch.int64" in message and "no argmax" in message
+@pytest.mark.parametrize("body, expected", [
+    ("return self.fc(x.flatten(1)), x", ["returned a tuple, not a tensor"]),
+    ("return self.fc(x.flatten(1)).unsqueeze(1)", ["returned shape [5, 1, 3]", "[batch, classes] = [5, K]"]),
+    ("return self.fc(x.reshape(-1, 4))[:2]", ["returned 2 rows for a batch of 5", "x.flatten(1)"]),
+    ("return self.fc(x.flatten(1)) / 0", ["NaN or infinite"]),
+    ("return self.fc(x.flatten(1)).argmax(1, keepdim=True)", ["torch.int64", "no argmax"]),
+], ids=["tuple", "3d", "batch-changed", "non-finite", "class-indices"])
+def test_forward_output_that_is_not_logits(tmp_path, body, expected):
+    message = dry_run_error(tmp_path, body)
+    for fragment in expected:
+        assert fragment in message
 
 
 def test_check_outputs_returns_shared_class_count():
