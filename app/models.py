@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import io
 import itertools
+import os
 import pickle
 import re
 import statistics
@@ -476,7 +477,7 @@ def _peak_forward_memory(model: nn.Module, inputs: torch.Tensor) -> int:
     returns to zero. The per-operator totals of ``prof.events()`` would hide peaks
     inside an operator, hence the raw event list.
     """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model(inputs)
     events = [e for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
@@ -485,3 +486,19 @@ def _peak_forward_memory(model: nn.Module, inputs: torch.Tensor) -> int:
         running += event.nbytes()
         peak = max(peak, running)
     return peak
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 for a moment: the profiler's C++ side (kineto) prints
+    'USDT ... profiler_start/stop' lines there that no environment variable turns off,
+    and they would read like errors in every site's log."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,0 +1,75 @@
+"""Knowledge distillation in a script, without any federation.
+
+    from app.api import distill
+    history = distill(teacher, student, "train.npz", "test.npz", temperature=4.0, alpha=0.8, epochs=5)
+    print(history.teacher_accuracy, history.epochs[-1]["accuracy"])
+
+The student is trained in place. Hyper-parameters are checked by the same rules
+as config.yml, so a bad value gets the same message (e.g. ``alpha: 1.5 — must be
+a number between 0 and 1``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from app.config import parse_config
+from app.data import as_data, check_compatible
+from app.errors import DataError
+from app.training import TrainSettings, compute_logits, evaluate, resolve_device, train_local
+
+
+@dataclass
+class History:
+    """What ``distill`` measured: the teacher's test accuracy and one record per epoch."""
+
+    teacher_accuracy: float | None
+    epochs: list[dict] = field(default_factory=list)
+
+
+def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None, *,
+            temperature: float = 2.0, alpha: float = 0.5, loss: str = "kl", epochs: int = 5,
+            batch_size: int = 256, learning_rate: float = 1e-3, optimizer: str = "adam",
+            momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
+            num_classes: int | None = None, log: Callable[[str], None] | None = None) -> History:
+    """Distill the frozen ``teacher`` into ``student`` on ``train`` for ``epochs`` epochs.
+
+    ``train``/``test``: a path (.pt/.pth/.npz/image folder), an ``(images, labels)`` pair of
+    tensors or arrays, a torch Dataset, or ``app.data.TensorData``. With ``test`` given, each
+    epoch record has the student's test ``accuracy`` and ``loss``. ``num_classes`` defaults
+    to the largest label + 1. The teacher's logits are computed once and reused every epoch.
+    """
+    config = parse_config({"temperature": temperature, "alpha": alpha, "loss": loss, "local_epochs": 1,
+                           "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
+                           "momentum": momentum, "weight_decay": weight_decay, "seed": seed,
+                           "device": device}, source="distill()")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    train_data = as_data(train, "train")
+    test_data = as_data(test, "test") if test is not None else None
+    if test_data is not None:
+        check_compatible(train_data, test_data)
+    classes = num_classes or max(train_data.num_classes_seen,
+                                 test_data.num_classes_seen if test_data is not None else 0)
+    if train_data.num_classes_seen > classes:
+        raise DataError(f"train: labels go up to {train_data.num_classes_seen - 1} but num_classes is {classes}")
+    run_on = resolve_device(config.device)
+    teacher.to(run_on).eval()
+    student.to(run_on)
+    logits = compute_logits(teacher, train_data, run_on)
+    history = History(teacher_accuracy=evaluate(teacher, test_data, classes, run_on).accuracy
+                      if test_data is not None else None)
+    settings = TrainSettings.from_config(config)
+    for epoch in range(epochs):
+        record = {"epoch": epoch + 1, **train_local(student, train_data, settings, teacher_logits=logits,
+                                                    round_index=epoch, device=run_on)}
+        if test_data is not None:
+            result = evaluate(student, test_data, classes, run_on)
+            record.update(accuracy=result.accuracy, loss=result.loss)
+        history.epochs.append(record)
+        if log is not None:
+            log(f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f}"
+                + (f", test accuracy {record['accuracy']:.4f}" if test_data is not None else ""))
+    return history

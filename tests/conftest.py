@@ -1,0 +1,59 @@
+"""Shared fixtures: small real-MNIST sites cut from the committed sample federation."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data"
+SECTION = "fc_knowledge_distillation"
+
+
+def sample_config() -> dict:
+    return yaml.safe_load((SAMPLE / "generic" / "config.yml").read_text())[SECTION]
+
+
+def write_config(folder: Path, settings: dict) -> Path:
+    path = folder / "config.yml"
+    path.write_text(yaml.safe_dump({SECTION: settings}, sort_keys=False))
+    return path
+
+
+def cut_site(source: str, folder: Path, n_train: int, n_test: int, part: int = 0) -> Path:
+    """A site folder holding the part-th slice of n_train/n_test samples of sample_data/<source>."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train.npz", n_train), ("test.npz", n_test)):
+        chosen = slice(part * count, (part + 1) * count)
+        with np.load(SAMPLE / source / name) as archive:
+            np.savez(folder / name, images=archive["images"][chosen], labels=archive["labels"][chosen])
+    return folder
+
+
+def generic_dir(folder: Path, **overrides) -> Path:
+    """The sample generic folder (models, teacher weights) with config overrides."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in (SAMPLE / "generic").iterdir():
+        shutil.copy(item, folder / item.name)
+    write_config(folder, {**sample_config(), **overrides})
+    return folder
+
+
+def site_input(folder: Path, source: str = "c1", n_train: int = 600, n_test: int = 200, **overrides) -> Path:
+    """One merged input folder (generic files + a site's data), as a client sees /mnt/input."""
+    generic_dir(folder, **overrides)
+    return cut_site(source, folder, n_train, n_test)
+
+
+@pytest.fixture
+def small_federation(tmp_path):
+    """generic/, c1/, c2/ with 600 training and 200 test images of real MNIST per site."""
+    def make(sites: int = 2, n_train: int = 600, n_test: int = 200, **overrides) -> tuple[Path, list[Path]]:
+        generic = generic_dir(tmp_path / "generic", **overrides)
+        clients = [cut_site(f"c{1 + i % 2}", tmp_path / f"site{i + 1}", n_train, n_test, part=i // 2)
+                   for i in range(sites)]
+        return generic, clients
+    return make

@@ -1,0 +1,42 @@
+"""The Python API: KD in a script, on real MNIST."""
+import pytest
+import torch
+
+from app.api import distill
+from app.errors import ConfigError
+from app.models import build_model, load_weights
+from tests.conftest import SAMPLE
+
+
+def sample_models():
+    teacher = build_model(SAMPLE / "generic" / "teacher.py", {}, "teacher_model")
+    load_weights(teacher, SAMPLE / "generic" / "teacher.pt")
+    torch.manual_seed(0)
+    return teacher, build_model(SAMPLE / "generic" / "student.py", {}, "student_model")
+
+
+def test_student_distilled_from_trained_teacher_reaches_95_percent_on_real_mnist():
+    teacher, student = sample_models()
+    lines = []
+    history = distill(teacher, student, SAMPLE / "c1" / "train.npz", SAMPLE / "c1" / "test.npz",
+                      temperature=4.0, alpha=0.8, epochs=3, batch_size=32, learning_rate=0.004, log=lines.append)
+    assert history.teacher_accuracy > 0.97
+    assert history.epochs[-1]["accuracy"] >= 0.95
+    assert [record["epoch"] for record in history.epochs] == [1, 2, 3]
+    assert len(lines) == 3 and "test accuracy" in lines[-1]
+
+
+def test_tensors_without_test_set():
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    images, labels = torch.rand(64, 1, 4, 4), torch.randint(0, 3, (64,))
+    before = student[1].weight.detach().clone()
+    history = distill(teacher, student, (images, labels), epochs=2, batch_size=16)
+    assert history.teacher_accuracy is None and "accuracy" not in history.epochs[0]
+    assert not torch.equal(before, student[1].weight)
+
+
+def test_bad_hyper_parameter_gets_the_config_message():
+    teacher, student = sample_models()
+    with pytest.raises(ConfigError, match="distill\\(\\): alpha: 1.5 — must be a number between 0 and 1"):
+        distill(teacher, student, SAMPLE / "c1" / "test.npz", alpha=1.5)
