@@ -1,0 +1,87 @@
+"""One site's whole life without communication, on small real MNIST."""
+import json
+
+import pytest
+import torch
+
+from app.errors import ConfigError, FederationError
+from app.site import Site
+from tests.conftest import site_input
+
+
+def load(tmp_path, name="c1", source="c1", **overrides):
+    folder = site_input(tmp_path / f"in_{name}", source=source, **overrides)
+    return Site.load(folder, tmp_path / f"out_{name}", name, log=lambda message: None)
+
+
+def test_two_sites_agree_train_aggregate_and_write_every_output(tmp_path):
+    sites = [load(tmp_path, "c1", "c1", max_iter=2), load(tmp_path, "c2", "c2", max_iter=2)]
+    plan = sites[0].make_plan()
+    for site in sites:
+        site.adopt_plan(plan)
+        assert site.prepare_teacher().accuracy > 0.9
+    initial = sites[1].student.state_dict()
+    assert all(torch.equal(initial[k], v) for k, v in sites[0].student.state_dict().items())
+    for round_index in range(2):
+        updates = {site.name: site.train_round(round_index) for site in sites}
+        global_weights = Site.aggregate(updates)
+        for site in sites:
+            site.apply_global(global_weights, round_index)
+    assert [r["round"] for r in sites[0].rounds] == [1, 2]
+    metrics = sites[0].write_outputs(federation=[site.summary() for site in sites])
+    out = tmp_path / "out_c1"
+    for name in ["student.pt", "student_torchscript.pt", "metrics.json", "rounds.csv", "accuracy.png",
+                 "loss.png", "config.yml", "log.txt"]:
+        assert (out / name).stat().st_size > 0, name
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["student"]["accuracy"] == metrics["student"]["accuracy"] > 0.5
+    assert written["compression"]["parameters_ratio"] > 10
+    assert written["federation"]["test_samples"] == 400
+    weights = torch.load(out / "student.pt", weights_only=True)
+    assert all(torch.equal(weights[k], v) for k, v in sites[1].student.state_dict().items())
+
+
+def test_teacher_runs_only_to_cache_its_logits_and_evaluate(tmp_path):
+    site = load(tmp_path, max_iter=3)
+    site.adopt_plan(site.make_plan())
+    calls = []
+    site.teacher.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    site.prepare_teacher()
+    assert sum(calls) == len(site.train) + len(site.test)
+    for round_index in range(3):
+        site.apply_global(Site.aggregate({"c1": site.train_round(round_index)}), round_index)
+    assert sum(calls) == len(site.train) + len(site.test)   # no teacher call during the rounds
+
+
+def test_participant_with_different_rounds_is_told_which_key(tmp_path):
+    coordinator, participant = load(tmp_path, "c1", max_iter=3), load(tmp_path, "c2", max_iter=4)
+    with pytest.raises(FederationError, match="site c2's config.yml disagrees with the coordinator's on "
+                                              "max_iter: max_iter: 4 here, 3 at the coordinator"):
+        participant.adopt_plan(coordinator.make_plan())
+
+
+def test_site_specific_file_names_may_differ(tmp_path):
+    coordinator = load(tmp_path, "c1")
+    participant = load(tmp_path, "c2", device="cpu")
+    participant.adopt_plan(coordinator.make_plan())
+
+
+def test_different_student_architecture_is_named(tmp_path):
+    coordinator = load(tmp_path, "c1")
+    folder = site_input(tmp_path / "in_c2", source="c2")
+    student_file = folder / "student.py"   # this site's own, wider copy of the student
+    student_file.write_text(student_file.read_text().replace("channels: int = 8", "channels: int = 12"))
+    participant = Site.load(folder, tmp_path / "out_c2", "c2", log=lambda message: None)
+    with pytest.raises(FederationError, match="site c2's student \\(student.py\\) differs from the "
+                                              "coordinator's: 'body.0.weight' has shape \\[12, 1, 3, 3\\] here"):
+        participant.adopt_plan(coordinator.make_plan())
+
+
+def test_missing_teacher_weights_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="teacher_weights: not set"):
+        load(tmp_path, teacher_weights=None)
+
+
+def test_files_outside_the_input_folder_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="train_dataset: '../secret.npz' — must name a file inside the input folder"):
+        load(tmp_path, train_dataset="../secret.npz")
