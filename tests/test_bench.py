@@ -1,0 +1,70 @@
+"""Smoke tests of bench/kd_throughput.py, run as a subprocess with tiny settings.
+
+They check the script's contract (last line, results file, data fallback, clear failure),
+never the size of the measured figures: wall-clock numbers are not asserted anywhere.
+"""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "kd_throughput.py"
+LAST_LINE = re.compile(r"^speedup_vs_seed_loop=(\d+\.\d\d) kd_vs_plain=(\d+\.\d\d)$")
+TINY = ["--epochs", "1", "--threads", "1"]
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+def write_site(folder: Path, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    np.savez(folder / "train.npz", images=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+             labels=rng.integers(0, 10, n))
+
+
+def test_last_line_reports_two_positive_ratios_and_the_table_is_saved(tmp_path):
+    results = tmp_path / "out" / "table.txt"
+    done = run_bench("--samples", "512", *TINY, "--results", str(results))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    match = LAST_LINE.match(lines[-1])
+    assert match, lines[-1]
+    assert all(float(ratio) > 0 for ratio in match.groups())
+    assert any(line.startswith("(a) KD, cached") for line in lines)
+    assert any(line.startswith("teacher logit caching") for line in lines)
+    assert results.read_text() == done.stdout
+
+
+def test_without_mnist_it_falls_back_to_the_sample_sites(tmp_path):
+    samples = tmp_path / "sample_data"
+    write_site(samples / "c1", 40, seed=1)
+    write_site(samples / "c2", 30, seed=2)
+    done = run_bench("--samples", "1000", "--batch-size", "16", "--warmup", "0", *TINY,
+                     "--mnist-dir", str(tmp_path / "no_mnist"), "--sample-dir", str(samples),
+                     "--results", str(tmp_path / "table.txt"))
+    assert done.returncode == 0, done.stderr
+    assert "data: 70 images [1, 28, 28] (1,000 requested): sample data c1/train.npz, c2/train.npz" in done.stdout
+    assert LAST_LINE.match(done.stdout.splitlines()[-1])
+
+
+def test_zero_epochs_are_refused():
+    done = run_bench("--epochs", "0")
+    assert done.returncode == 2
+    assert "argument --epochs: must be at least 1, got 0" in done.stderr
+
+
+def test_no_data_anywhere_fails_with_a_message_naming_both_places(tmp_path):
+    done = run_bench(*TINY, "--mnist-dir", str(tmp_path / "no_mnist"), "--sample-dir", str(tmp_path / "none"),
+                     "--results", str(tmp_path / "table.txt"))
+    assert done.returncode == 1
+    message = done.stderr.strip()
+    assert f"no MNIST training set in {tmp_path / 'no_mnist'}" in message
+    assert f"{tmp_path / 'none'}/c*/train.npz" in message and "Pass --mnist-dir" in message
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "table.txt").exists()
