@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from FeatureCloud.app.engine.app import AppState
+from FeatureCloud.app.engine.app import AppState, State
 
 from app.errors import KDError
 from app.site import Site
@@ -45,4 +45,9 @@ class KDState(AppState):
         return self.load("site")
 
     def progress(self, message: str, fraction: float) -> None:
-        self.update(message=message[:MAX_MESSAGE], progress=min(max(fraction, 0.0), 1.0))
+        self.update(message=message[:MAX_MESSAGE], progress=min(max(fraction, 0.0), 1.0), state=State.RUNNING)
+
+    @staticmethod
+    def site_log(message: str) -> None:
+        """The site's own log lines, distinct from the engine's per-state lines."""
+        print(f"[KD] {message}", flush=True)

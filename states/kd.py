@@ -25,7 +25,7 @@ class InitialState(KDState):
 
     def step(self) -> str:
         self.progress("checking config, models, data", 0.0)
-        site = Site.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.log)
+        site = Site.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.site_log)
         self.store("site", site)
         if self.is_coordinator:
             self.broadcast_data(site.make_plan(), memo="plan")
