@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
-from torchvision.datasets import ImageFolder
-from torchvision.transforms.functional import pil_to_tensor
 
 from app.errors import DataError
 
@@ -280,7 +278,7 @@ def _item(dataset: Dataset, index: int, name: str) -> tuple[torch.Tensor, Any]:
                         "Make the Dataset return (image, label).")
     image, label = item
     if isinstance(image, Image.Image):
-        return pil_to_tensor(_standard_mode(image)), label
+        return _pil_tensor(_standard_mode(image)), label
     return _tensor(image, "images", name), label
 
 
@@ -307,12 +305,21 @@ def _standard_mode(image: Image.Image) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
+def _pil_tensor(image: Image.Image) -> torch.Tensor:
+    """uint8 [C, H, W], like torchvision's pil_to_tensor, without importing torchvision."""
+    array = np.array(image)   # a writable copy
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
 def _open_image(path: str) -> Image.Image:
     with open(path, "rb") as handle:
         return _standard_mode(Image.open(handle)).copy()
 
 
 def _load_image_folder(path: Path, name: str) -> LazyData:
+    from torchvision.datasets import ImageFolder   # 1.5 s to import: only when a folder is used
+
     try:
         folder = ImageFolder(str(path), loader=_open_image)
     except FileNotFoundError as error:
