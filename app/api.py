@@ -44,7 +44,7 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     config = parse_config({"temperature": temperature, "alpha": alpha, "loss": loss, "local_epochs": 1,
                            "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
                            "momentum": momentum, "weight_decay": weight_decay, "seed": seed,
-                           "device": device}, source="distill()")
+                           "device": device}, source="distill()", require_teacher=False)
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     train_data = as_data(train, "train")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      model_validator)
 
 from app.errors import ConfigError
 
@@ -54,6 +55,8 @@ class KDConfig(BaseModel):
     teacher_args: dict[str, Any] = _field({}, "a mapping of keyword arguments for the teacher's Model(...)")
     student_args: dict[str, Any] = _field({}, "a mapping of keyword arguments for the student's Model(...)")
     teacher_weights: str | None = _field(None, "the name of a weights file (.pt/.pth) for the teacher, or empty")
+    teacher_rounds: WholeNumber = _field(0, "a whole number of federated teacher rounds ≥ 0", ge=0)
+    teacher_epochs: WholeNumber = _field(0, "a whole number of local teacher epochs ≥ 0", ge=0)
     train_dataset: str = _field("train_dataset.pth", "the name of a dataset file or folder", min_length=1)
     test_dataset: str = _field("test_dataset.pth", "the name of a dataset file or folder", min_length=1)
 
@@ -69,8 +72,21 @@ class KDConfig(BaseModel):
     alpha: Number = _field(0.5, "a number between 0 and 1", ge=0, le=1)
     loss: Literal["kl", "mse", "soft_ce"] = _field("kl", "one of: kl, mse, soft_ce")
 
+    baseline: bool = _field(False, "true or false", strict=True)
+    init_student: str | None = _field(None, "the name of a student.pt or checkpoint.pt of an earlier run, or empty")
+
     seed: WholeNumber = _field(0, "a whole number ≥ 0", ge=0)
     device: Literal["auto", "cpu", "cuda"] = _field("auto", "one of: auto, cpu, cuda")
+
+
+    @model_validator(mode="after")
+    def _has_a_teacher(self, info: ValidationInfo) -> "KDConfig":
+        # The Python API passes the teacher as a module, so only site configs need a source.
+        if (info.context or {}).get("require_teacher", True) and not self.teacher_weights and self.teacher_rounds == 0 and self.teacher_epochs == 0:
+            raise ValueError("teacher_weights: not set, and teacher_rounds and teacher_epochs are 0 — the "
+                             "teacher needs trained weights: name a weights file in teacher_weights, or train "
+                             "it with teacher_rounds (federated) and/or teacher_epochs (at each site)")
+        return self
 
 
 FIELDS = tuple(KDConfig.model_fields)
@@ -82,11 +98,11 @@ def load_config(path: str | Path) -> KDConfig:
     return parse_config(_read_yaml(path), source=path.name)
 
 
-def parse_config(document: Any, source: str = "config.yml") -> KDConfig:
+def parse_config(document: Any, source: str = "config.yml", require_teacher: bool = True) -> KDConfig:
     """Validate an already-parsed YAML document (sectioned or flat)."""
     section = _section(document, source)
     try:
-        return KDConfig(**section)
+        return KDConfig.model_validate(section, context={"require_teacher": require_teacher})
     except ValidationError as exc:
         problems = [_describe(error) for error in exc.errors()]
     raise ConfigError(_problem_report(source, problems))
@@ -170,6 +186,8 @@ def _section(document: Any, source: str) -> dict:
 
 
 def _describe(error: dict) -> str:
+    if not error["loc"]:   # a rule about several keys together
+        return str(error["ctx"]["error"])
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(error["loc"][-1]), FIELDS, n=1, cutoff=0.6)

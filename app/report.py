@@ -25,6 +25,11 @@ from torch import nn  # noqa: E402
 
 STUDENT_WEIGHTS = "student.pt"
 STUDENT_TORCHSCRIPT = "student_torchscript.pt"
+STUDENT_ONNX = "student.onnx"
+BASELINE_WEIGHTS = "baseline_student.pt"
+CONFUSION_PLOT = "confusion_matrix.png"
+FEDERATION_PLOT = "federation_accuracy.png"
+REPORT = "report.md"
 METRICS = "metrics.json"
 ROUNDS_CSV = "rounds.csv"
 ACCURACY_PLOT = "accuracy.png"
@@ -74,6 +79,35 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> N
         atomic_write(path, lambda handle: torch.jit.save(traced, handle))
 
 
+def export_onnx(model: nn.Module, images: torch.Tensor, path: Path) -> dict:
+    """Export to ONNX (dynamic batch size) and check onnxruntime predicts like PyTorch on ``images``.
+
+    A model the exporter cannot handle is reported in the returned dict, not raised:
+    the run's other results matter more than this one file.
+    """
+    model.eval()
+    buffer = io.BytesIO()
+    try:
+        # The TorchScript-based exporter: fast (well under a second for small models)
+        # and without the dynamo exporter's extra dependencies.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (images[:1],), buffer, dynamo=False, input_names=["images"],
+                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    except Exception as error:  # noqa: BLE001 — any exporter failure is reported the same way
+        return {"exported": False, "error": f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"}
+    write_bytes(path, buffer.getvalue())
+    import onnxruntime   # only needed here; keeps start-up light
+
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {"images": images.cpu().numpy()})[0]
+    with torch.no_grad():
+        torch_logits = model(images).float().cpu().numpy()
+    return {"exported": True, "checked_samples": len(images),
+            "max_abs_difference": float(abs(onnx_logits - torch_logits).max()),
+            "same_predictions": bool((onnx_logits.argmax(1) == torch_logits.argmax(1)).all())}
+
+
 def write_rounds_csv(rounds: list[dict], path: Path) -> None:
     columns = list(dict.fromkeys(key for row in rounds for key in row
                                  if not isinstance(row[key], (list, dict))))
@@ -88,11 +122,10 @@ def write_config(document: Mapping, path: Path) -> None:
     write_text(path, yaml.safe_dump(dict(document), sort_keys=False))
 
 
-def plot_rounds(rounds: list[dict], key: str, path: Path, *, title: str, ylabel: str,
-                series: Mapping[str, str] | None = None, references: Mapping[str, float] | None = None) -> None:
-    """Line plot of ``rounds[i][column]`` per round for each (label → column) in ``series``,
-    plus dashed horizontal reference lines (e.g. the teacher's accuracy)."""
-    series = series or {"student": key}
+def plot_rounds(rounds: list[dict], path: Path, *, title: str, ylabel: str,
+                series: Mapping[str, str], references: Mapping[str, float | None] | None = None) -> None:
+    """Line plot of ``rounds[i][column]`` per round for each (label → column) in ``series``
+    (columns without values are left out), plus dashed horizontal reference lines."""
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     xs = [row["round"] for row in rounds]
     for label, column in series.items():
@@ -109,6 +142,31 @@ def plot_rounds(rounds: list[dict], key: str, path: Path, *, title: str, ylabel:
     axes.legend()
     if xs:
         axes.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
+    _save_png(figure, path)
+
+
+def plot_confusion(matrix: list[list[int]], path: Path, *, title: str) -> None:
+    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
+    classes = len(matrix)
+    size = min(10, 2 + 0.5 * classes)
+    figure, axes = plt.subplots(figsize=(size, size), dpi=100)
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    if classes <= 20:
+        axes.set_xticks(range(classes))
+        axes.set_yticks(range(classes))
+        peak = max(max(row) for row in matrix) or 1
+        for true, row in enumerate(matrix):
+            for predicted, count in enumerate(row):
+                axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                          color="white" if count > peak / 2 else "black")
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title)
+    _save_png(figure, path)
+
+
+def _save_png(figure: plt.Figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png")

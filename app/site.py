@@ -4,16 +4,22 @@ The FeatureCloud states call these methods in order and move their results
 between sites:
 
     site = Site.load(input_dir, output_dir, name)      # every site: config, models, data, dry run
-    plan = site.make_plan()                            # coordinator: run plan + initial student
+    plan = site.make_plan()                            # coordinator: run plan + initial weights
     site.adopt_plan(plan)                              # every site: same config? same student?
-    site.prepare_teacher()                             # every site: teacher weights, accuracy, logits cache
+    update = site.teacher_round(t)                     # every site, per federated teacher round
+    site.apply_teacher(Site.aggregate(updates), t)     #   (only with teacher_rounds > 0)
+    site.prepare_teacher()                             # every site: local epochs, accuracy, logits cache
     update = site.train_round(r)                       # every site, each round
-    global_weights = site.aggregate(updates)           # coordinator, each round
-    site.apply_global(global_weights, r)               # every site: load, evaluate on own test set
-    site.write_outputs(federation)                     # every site, at the end
+    global_models = Site.aggregate(updates)            # coordinator, each round
+    site.apply_global(global_models, r)                # every site: load, evaluate, checkpoint
+    results.write_outputs(site, federation)            # every site, at the end
+
+Weights travel as ``{model name: {tensor name: numpy array}}``: "student", and
+"baseline" when the no-teacher baseline is trained alongside it.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -22,13 +28,12 @@ from typing import Callable
 
 import torch
 
-from app import report
+from app import checkpoint
 from app.aggregation import Update, fedavg, to_arrays, to_state_dict
-from app.config import KDConfig, differences, effective_document, load_config, read_document
+from app.config import KDConfig, differences, load_config
 from app.data import Data, check_compatible, load_dataset
 from app.errors import ConfigError, FederationError
-from app.models import (build_model, check_outputs, dry_run, load_weights, state_signature,
-                        summarize)
+from app.models import build_model, check_outputs, dry_run, load_weights, state_signature
 from app.training import Evaluation, TrainSettings, compute_logits, evaluate, resolve_device, train_local
 
 CONFIG_FILE = "config.yml"
@@ -36,8 +41,9 @@ DRY_RUN_BATCH = 4
 
 # Keys naming a site's own files (and its hardware) may differ between sites;
 # every other key shapes the joint training and must be the same everywhere.
+# init_student is read by the coordinator alone: its weights reach everyone in the plan.
 SITE_LOCAL_KEYS = ("train_dataset", "test_dataset", "teacher_model", "teacher_args",
-                   "teacher_weights", "student_model", "device")
+                   "teacher_weights", "student_model", "init_student", "device")
 
 
 def resolve_input(input_dir: Path, name: str, key: str) -> Path:
@@ -61,7 +67,9 @@ class Site:
         self.output_dir = output_dir
         self.config = config
         self.teacher = teacher
-        self.student = student
+        self.models = {"student": student}
+        if config.baseline:   # same architecture and initial weights, trained without the teacher
+            self.models["baseline"] = copy.deepcopy(student)
         self.train = train
         self.test = test
         self.num_classes = num_classes
@@ -70,10 +78,15 @@ class Site:
         self.log_lines: list[str] = []
         self.teacher_logits: torch.Tensor | None = None
         self.teacher_evaluation: Evaluation | None = None
-        self.student_evaluation: Evaluation | None = None
+        self.evaluations: dict[str, Evaluation] = {}
         self.rounds: list[dict] = []
-        self.last_stats: dict = {}
+        self.first_round = 0
+        self.last_stats: dict[str, dict] = {}
         self.started = time.time()
+
+    @property
+    def student(self) -> torch.nn.Module:
+        return self.models["student"]
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -89,14 +102,11 @@ class Site:
         train = load_dataset(path_of("train_dataset"), "train_dataset")
         test = load_dataset(path_of("test_dataset"), "test_dataset")
         check_compatible(train, test)
+        torch.manual_seed(config.seed)   # an untrained teacher and the student start alike everywhere
         teacher = build_model(path_of("teacher_model"), config.teacher_args, "teacher_model")
-        torch.manual_seed(config.seed)   # the coordinator's initial student is everyone's
         student = build_model(path_of("student_model"), config.student_args, "student_model")
         if config.teacher_weights:
             load_weights(teacher, path_of("teacher_weights"), "teacher_weights")
-        else:
-            raise ConfigError("teacher_weights: not set — the teacher needs trained weights. Put the "
-                              "teacher's state_dict (.pt) in the generic folder and name it here.")
         _, sample, _ = next(iter(train.batches(DRY_RUN_BATCH)))
         teacher_out = dry_run(teacher, sample, "teacher_model")
         student_out = dry_run(student, sample, "student_model")
@@ -117,15 +127,39 @@ class Site:
         return {key: value for key, value in self.config.model_dump().items() if key not in SITE_LOCAL_KEYS}
 
     def make_plan(self) -> dict:
-        """The coordinator's run plan: shared settings and the initial student every site starts from."""
+        """The coordinator's run plan: shared settings and the weights every site starts from."""
         shared = self.shared_config()
-        digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
-        return {"config": shared, "digest": digest, "num_classes": self.num_classes,
-                "signature": state_signature(self.student),
-                "student": to_arrays(self.student.state_dict())}
+        start = {"round": 0, "student": to_arrays(self.student.state_dict())}
+        if self.config.init_student:
+            start = self._initial_student(resolve_input(self.input_dir, self.config.init_student, "init_student"))
+        plan = {"config": shared,
+                "digest": hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16],
+                "num_classes": self.num_classes, "signature": state_signature(self.student),
+                "first_round": start["round"],
+                "models": {name: start.get(name) or start["student"] for name in self.models}}
+        if self.config.teacher_rounds:
+            plan["teacher"] = to_arrays(self.teacher.state_dict())
+        return plan
+
+    def _initial_student(self, path: Path) -> dict:
+        """Weights (and first round) from init_student: a checkpoint.pt or a plain student.pt."""
+        saved = checkpoint.read(path)
+        if saved is None:
+            probe = copy.deepcopy(self.student)
+            load_weights(probe, path, "init_student")
+            return {"round": 0, "student": to_arrays(probe.state_dict())}
+        if saved["round"] >= self.config.max_iter:
+            raise ConfigError(f"init_student: '{path.name}' already holds round {saved['round']} and max_iter is "
+                              f"{self.config.max_iter}. Raise max_iter to train further rounds.")
+        for name in self.models:
+            if saved.get(name) is not None:
+                probe = copy.deepcopy(self.student)
+                checkpoint.load_into(probe, saved[name], path, name)
+        self.log(f"resuming from {path.name}: rounds 1..{saved['round']} are done")
+        return {key: to_arrays(value) if isinstance(value, dict) else value for key, value in saved.items()}
 
     def adopt_plan(self, plan: dict) -> None:
-        """Check this site agrees with the coordinator's plan, then take its initial student."""
+        """Check this site agrees with the coordinator's plan, then take its initial weights."""
         theirs = self.config.model_copy(update=plan["config"])
         differing = differences(self.config, theirs, ignore=SITE_LOCAL_KEYS)
         if differing:
@@ -134,7 +168,7 @@ class Site:
                 f"{', '.join(d.split(':')[0] for d in differing)}: " + "; ".join(differing)
                 + ". Use the same values at every site (ship config.yml in the generic folder).")
         mine = state_signature(self.student)
-        if mine != plan["signature"]:
+        if _as_lists(mine) != _as_lists(plan["signature"]):
             raise FederationError(
                 f"site {self.name}'s student ({self.config.student_model}) differs from the "
                 f"coordinator's: {_first_difference(mine, plan['signature'])}. Every site must use "
@@ -143,11 +177,36 @@ class Site:
             raise FederationError(
                 f"site {self.name}'s models output {self.num_classes} classes, the coordinator's "
                 f"{plan['num_classes']}. Use the same model files at every site.")
-        self.student.load_state_dict(to_state_dict(plan["student"]))
+        self._load_models(plan["models"])
+        if "teacher" in plan:
+            self._load_teacher(plan["teacher"])
+        self.first_round = plan["first_round"]
 
     # ----------------------------------------------------------------- teacher
+    def teacher_round(self, round_index: int) -> dict:
+        """One local pass of federated teacher training on hard labels; the update to send."""
+        settings = TrainSettings.from_config(self.config)
+        stats = train_local(self.teacher, self.train, settings, round_index=round_index,
+                            device=self.device, role="teacher")
+        return {"models": {"teacher": to_arrays(self.teacher.state_dict())}, "samples": len(self.train),
+                "stats": {"teacher": stats}}
+
+    def apply_teacher(self, global_models: dict, round_index: int) -> float:
+        """Load the federated teacher; its accuracy on this site's test set."""
+        self._load_teacher(global_models["teacher"])
+        accuracy = evaluate(self.teacher, self.test, self.num_classes, self.device).accuracy
+        self.log(f"teacher round {round_index + 1}/{self.config.teacher_rounds}: "
+                 f"global teacher test accuracy {accuracy:.4f}")
+        return accuracy
+
     def prepare_teacher(self) -> Evaluation:
-        """Evaluate the frozen teacher and cache its logits on the training set."""
+        """Train the teacher locally if asked, evaluate it, freeze it and cache its training-set logits."""
+        if self.config.teacher_epochs:
+            settings = TrainSettings.from_config(self.config, epochs=self.config.teacher_epochs)
+            stats = train_local(self.teacher, self.train, settings, round_index=self.config.teacher_rounds,
+                                device=self.device, role="teacher")
+            self.log(f"teacher trained locally for {self.config.teacher_epochs} epochs "
+                     f"(train loss {stats['train_loss']:.4f}, {stats['seconds']:.1f}s)")
         self.teacher.eval().requires_grad_(False)
         self.teacher_evaluation = evaluate(self.teacher, self.test, self.num_classes, self.device)
         started = time.perf_counter()
@@ -158,104 +217,70 @@ class Site:
 
     # ------------------------------------------------------------------ rounds
     def train_round(self, round_index: int) -> dict:
-        """Local distillation from the current global student; the update to send."""
+        """Local training from the current global models; the update to send."""
         settings = TrainSettings.from_config(self.config)
-        self.last_stats = train_local(self.student, self.train, settings, teacher_logits=self.teacher_logits,
-                                      round_index=round_index, device=self.device)
-        return {"weights": to_arrays(self.student.state_dict()), "samples": len(self.train),
-                "stats": self.last_stats}
+        self.last_stats = {"student": train_local(self.student, self.train, settings,
+                                                  teacher_logits=self.teacher_logits,
+                                                  round_index=round_index, device=self.device)}
+        if "baseline" in self.models:
+            self.last_stats["baseline"] = train_local(self.models["baseline"], self.train, settings,
+                                                      round_index=round_index, device=self.device,
+                                                      role="baseline student")
+        return {"models": {name: to_arrays(model.state_dict()) for name, model in self.models.items()},
+                "samples": len(self.train), "stats": self.last_stats}
 
     @staticmethod
     def aggregate(updates: dict[str, dict]) -> dict:
-        """FedAvg of the sites' updates (coordinator only); ``updates`` maps site → update."""
-        averaged = fedavg([Update(site, update["weights"], update["samples"])
-                           for site, update in updates.items()])
-        return to_arrays(averaged)
+        """FedAvg of every model in the sites' updates (coordinator only); ``updates`` maps site → update."""
+        names = next(iter(updates.values()))["models"]
+        return {name: to_arrays(fedavg([Update(site, update["models"][name], update["samples"])
+                                        for site, update in updates.items()]))
+                for name in names}
 
-    def apply_global(self, weights: dict, round_index: int) -> dict:
-        """Load the global student, evaluate it on this site's test set, record the round."""
-        self.student.load_state_dict(to_state_dict(weights))
-        self.student_evaluation = evaluate(self.student, self.test, self.num_classes, self.device)
-        record = {"round": round_index + 1,
-                  "train_loss": self.last_stats.get("train_loss"),
-                  "train_accuracy": self.last_stats.get("train_accuracy"),
-                  "accuracy": self.student_evaluation.accuracy,
-                  "loss": self.student_evaluation.loss,
-                  "seconds": self.last_stats.get("seconds")}
+    def apply_global(self, global_models: dict, round_index: int) -> dict:
+        """Load the global models, evaluate them on this site's test set, record the round, checkpoint."""
+        self._load_models(global_models)
+        self.evaluations = {name: evaluate(model, self.test, self.num_classes, self.device)
+                            for name, model in self.models.items()}
+        record = {"round": round_index + 1}
+        for name, evaluation in self.evaluations.items():
+            prefix = "" if name == "student" else f"{name}_"
+            record.update({f"{prefix}train_loss": self.last_stats[name]["train_loss"],
+                           f"{prefix}train_accuracy": self.last_stats[name]["train_accuracy"],
+                           f"{prefix}accuracy": evaluation.accuracy, f"{prefix}loss": evaluation.loss})
+        record["seconds"] = sum(stats["seconds"] for stats in self.last_stats.values())
         self.rounds.append(record)
+        checkpoint.write(self.output_dir, round_index + 1, self.models)
+        baseline = f", baseline {record['baseline_accuracy']:.4f}" if "baseline" in self.models else ""
         self.log(f"round {record['round']}/{self.config.max_iter}: train loss {record['train_loss']:.4f}, "
-                 f"global student test accuracy {record['accuracy']:.4f}")
+                 f"global student test accuracy {record['accuracy']:.4f}{baseline}")
         return record
 
-    # ----------------------------------------------------------------- outputs
     def summary(self) -> dict:
-        """The few numbers the coordinator collects from every site."""
+        """The few numbers the coordinator collects from every site for the federation report."""
+        accuracy = {name: evaluation.accuracy for name, evaluation in self.evaluations.items()}
         return {"site": self.name, "test_samples": len(self.test), "train_samples": len(self.train),
                 "teacher_accuracy": self.teacher_evaluation.accuracy if self.teacher_evaluation else None,
-                "student_accuracy": self.student_evaluation.accuracy if self.student_evaluation else None}
+                "student_accuracy": accuracy.get("student"), "baseline_accuracy": accuracy.get("baseline"),
+                "rounds": [{key: row[key] for key in ("round", "accuracy", "baseline_accuracy") if key in row}
+                           for row in self.rounds]}
 
-    def write_outputs(self, federation: list[dict] | None = None) -> dict:
-        """Write every output file of this site; returns the metrics written to metrics.json."""
-        out = self.output_dir
-        example = next(iter(self.test.batches(1)))[1].to(self.device)
-        teacher_summary = summarize(self.teacher, self.train.sample_shape)
-        student_summary = summarize(self.student, self.train.sample_shape)
-        metrics = {
-            "site": self.name,
-            "teacher": {**self.teacher_evaluation.as_dict(), **teacher_summary.as_dict()},
-            "student": {**self.student_evaluation.as_dict(), **student_summary.as_dict()},
-            "compression": _compression(teacher_summary.as_dict(), student_summary.as_dict()),
-            "rounds": self.rounds,
-            "data": {"train_samples": len(self.train), "test_samples": len(self.test),
-                     "num_classes": self.num_classes, "sample_shape": list(self.train.sample_shape)},
-            "config": self.config.model_dump(),
-            "seconds": time.time() - self.started,
-        }
-        if federation is not None:
-            metrics["federation"] = _federation_summary(federation)
-        report.save_state_dict(self.student.state_dict(), out / report.STUDENT_WEIGHTS)
-        report.export_torchscript(self.student, example, out / report.STUDENT_TORCHSCRIPT)
-        report.write_json(out / report.METRICS, metrics)
-        report.write_rounds_csv(self.rounds, out / report.ROUNDS_CSV)
-        teacher_accuracy = self.teacher_evaluation.accuracy
-        report.plot_rounds(self.rounds, "accuracy", out / report.ACCURACY_PLOT,
-                           title=f"Global student accuracy on {self.name}'s test set",
-                           ylabel="test accuracy", references={"teacher": teacher_accuracy})
-        report.plot_rounds(self.rounds, "loss", out / report.LOSS_PLOT, title="Loss per round",
-                           ylabel="cross-entropy",
-                           series={"student test loss": "loss", "local train loss (KD)": "train_loss"})
-        report.write_config(effective_document(read_document(self.input_dir / CONFIG_FILE), self.config),
-                            out / report.CONFIG)
-        self.log(f"outputs written to {out}")
-        report.write_text(out / report.LOG, "\n".join(self.log_lines) + "\n")
-        return metrics
+    # ----------------------------------------------------------------- helpers
+    def _load_models(self, weights: dict) -> None:
+        for name, model in self.models.items():
+            model.load_state_dict(to_state_dict(weights[name]))
+
+    def _load_teacher(self, weights: dict) -> None:
+        self.teacher.load_state_dict(to_state_dict(weights))
 
 
-def _compression(teacher: dict, student: dict) -> dict:
-    def ratio(a: float, b: float) -> float | None:
-        return a / b if b else None
-    return {"parameters_ratio": ratio(teacher["parameters"], student["parameters"]),
-            "size_ratio": ratio(teacher["size_bytes"], student["size_bytes"]),
-            "speedup_batch1": ratio(teacher["latency_ms_batch1"], student["latency_ms_batch1"]),
-            "speedup_large_batch": ratio(teacher["latency_ms_per_sample"], student["latency_ms_per_sample"])}
-
-
-def _federation_summary(sites: list[dict]) -> dict:
-    """Per-site results and accuracies weighted by test-set size."""
-    total = sum(site["test_samples"] for site in sites)
-
-    def weighted(key: str) -> float | None:
-        if any(site[key] is None for site in sites):
-            return None
-        return sum(site[key] * site["test_samples"] for site in sites) / total
-    return {"sites": sites, "test_samples": total,
-            "teacher_accuracy": weighted("teacher_accuracy"),
-            "student_accuracy": weighted("student_accuracy")}
+def _as_lists(signature: list) -> list:
+    return [[name, list(shape), dtype] for name, shape, dtype in signature]
 
 
 def _first_difference(mine: list, theirs: list) -> str:
     theirs_by_name = {entry[0]: entry for entry in theirs}
-    for name, shape, dtype in mine:
+    for name, shape, _ in mine:
         other = theirs_by_name.get(name)
         if other is None:
             return f"'{name}' exists only here"

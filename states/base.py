@@ -1,18 +1,22 @@
 """What every state of this app shares: where the site's files are, the site
-object, progress reporting, and turning user mistakes into one readable log line."""
+object, progress reporting, the update/aggregate/broadcast exchange of a round,
+and turning user mistakes into one readable log line."""
 from __future__ import annotations
 
 import json
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from FeatureCloud.app.engine.app import AppState, State
 
+from app.checkpoint import write_error
 from app.errors import KDError
 from app.site import Site
 
 ERROR_MARKER = "KD-ERROR"
 MAX_MESSAGE = 40   # the engine rejects longer status messages
+SETUP_SHARE, RESULTS_SHARE = 0.1, 0.05   # of the progress bar, before the first round and after the last
 
 
 @dataclass
@@ -27,8 +31,9 @@ PATHS = Paths()
 
 
 class KDState(AppState):
-    """Base state: ``step()`` does the work; a KDError is logged as one ``KD-ERROR`` line
-    (the engine itself reports only the exception's class name to the controller)."""
+    """Base state: ``step()`` does the work. A user mistake (KDError) is printed as one
+    ``KD-ERROR <json message>`` line, because the engine reports only the exception's class
+    name to the controller; every failure also leaves ``unfinished/error.txt`` in the output."""
 
     def step(self) -> str:
         raise NotImplementedError
@@ -37,15 +42,35 @@ class KDState(AppState):
         try:
             return self.step()
         except KDError as error:
-            print(f"{ERROR_MARKER} {json.dumps(f'site {self.id}: {error}')}", flush=True)
+            message = f"site {self.id}: {error}"
+            print(f"{ERROR_MARKER} {json.dumps(message)}", flush=True)
+            write_error(PATHS.output_dir, message)
+            raise
+        except Exception:
+            write_error(PATHS.output_dir, f"site {self.id}: unexpected failure\n{traceback.format_exc()}")
             raise
 
     @property
     def site(self) -> Site:
         return self.load("site")
 
-    def progress(self, message: str, fraction: float) -> None:
+    def progress(self, message: str, done_steps: float) -> None:
+        """Report ``message`` and the share of the run's steps (teacher rounds + rounds) done."""
+        site = self.site
+        steps = site.config.teacher_rounds + site.config.max_iter - site.first_round
+        self.report(message, SETUP_SHARE + (1 - SETUP_SHARE - RESULTS_SHARE) * done_steps / max(steps, 1))
+
+    def report(self, message: str, fraction: float) -> None:
         self.update(message=message[:MAX_MESSAGE], progress=min(max(fraction, 0.0), 1.0), state=State.RUNNING)
+
+    def exchange(self, update: dict, memo: str) -> dict:
+        """Send this site's update; the coordinator averages all of them and broadcasts the
+        global models, which every site (the coordinator included) receives and returns."""
+        self.send_data_to_coordinator({**update, "site": self.id}, memo=f"{memo}_update")
+        if self.is_coordinator:
+            updates = self.gather_data(memo=f"{memo}_update")
+            self.broadcast_data(Site.aggregate({u["site"]: u for u in updates}), memo=f"{memo}_global")
+        return self.await_data(memo=f"{memo}_global")
 
     @staticmethod
     def site_log(message: str) -> None:

@@ -9,6 +9,9 @@ from app.config import (SECTION, KDConfig, differences, effective_document, load
 from app.errors import ConfigError
 
 
+TEACHER = {"teacher_weights": "teacher.pt"}
+
+
 def write(tmp_path, text):
     path = tmp_path / "config.yml"
     path.write_text(text)
@@ -24,17 +27,22 @@ def test_defaults_follow_the_original_app(tmp_path):
 
 
 def test_flat_file_without_section_is_accepted(tmp_path):
-    config = load_config(write(tmp_path, "alpha: 0.25\nmax_iter: 3\n"))
+    config = load_config(write(tmp_path, "alpha: 0.25\nmax_iter: 3\nteacher_epochs: 2\n"))
     assert (config.alpha, config.max_iter) == (0.25, 3)
 
 
-def test_empty_section_means_all_defaults():
-    assert parse_config({SECTION: None}) == KDConfig()
+def test_a_site_needs_a_teacher_source():
+    with pytest.raises(ConfigError, match="teacher_weights: not set, and teacher_rounds and teacher_epochs are 0"):
+        parse_config({SECTION: None})
+    for source in ({"teacher_rounds": 2}, {"teacher_epochs": 1}, TEACHER):
+        parse_config({SECTION: source})
+    assert parse_config({SECTION: None}, require_teacher=False).teacher_weights is None
 
 
 def test_yaml_exponent_without_dot_is_read_as_number(tmp_path):
     # PyYAML (YAML 1.1) parses 1e-3 as the string '1e-3'
-    assert load_config(write(tmp_path, f"{SECTION}:\n  learning_rate: 1e-3\n")).learning_rate == 0.001
+    text = f"{SECTION}:\n  learning_rate: 1e-3\n  teacher_weights: t.pt\n"
+    assert load_config(write(tmp_path, text)).learning_rate == 0.001
 
 
 def test_every_problem_is_reported_at_once_with_key_value_and_allowed_range(tmp_path):
@@ -101,7 +109,7 @@ def test_malformed_documents(document, expected):
 
 
 def test_effective_document_keeps_other_sections_and_fills_defaults():
-    original = {"fc_deep": {"max_iter": 3}, SECTION: {"alpha": 0.2}}
+    original = {"fc_deep": {"max_iter": 3}, SECTION: {"alpha": 0.2, **TEACHER}}
     document = effective_document(original, parse_config(original))
     assert document["fc_deep"] == {"max_iter": 3}
     assert document[SECTION]["alpha"] == 0.2
@@ -109,12 +117,13 @@ def test_effective_document_keeps_other_sections_and_fills_defaults():
 
 
 def test_effective_document_of_flat_file_gets_a_section():
-    document = effective_document({"alpha": 0.2}, parse_config({"alpha": 0.2}))
+    flat = {"alpha": 0.2, **TEACHER}
+    document = effective_document(flat, parse_config(flat))
     assert list(document) == [SECTION]
 
 
 def test_differences_lists_each_key():
-    a, b = parse_config({"max_iter": 3, "alpha": 0.1}), parse_config({"max_iter": 4, "alpha": 0.1})
+    a, b = parse_config({"max_iter": 3, **TEACHER}), parse_config({"max_iter": 4, **TEACHER})
     assert differences(a, b) == ["max_iter: 3 here, 4 at the coordinator"]
     assert differences(a, b, ignore=("max_iter",)) == []
 
@@ -122,4 +131,4 @@ def test_differences_lists_each_key():
 def test_documented_template_lists_every_key_with_its_default():
     document = yaml.safe_load((Path(__file__).parents[1] / "config.yml").read_text())
     assert list(document[SECTION]) == list(KDConfig.model_fields)
-    assert parse_config(document) == KDConfig()
+    assert parse_config(document) == KDConfig.model_validate(TEACHER)

@@ -48,7 +48,7 @@ def test_rounds_csv_has_one_row_per_round_and_skips_nested_values(tmp_path):
 def test_plot_is_a_valid_png(tmp_path):
     path = tmp_path / "accuracy.png"
     rounds = [{"round": r, "accuracy": 0.5 + r / 10, "baseline": None} for r in range(1, 6)]
-    report.plot_rounds(rounds, "accuracy", path, title="t", ylabel="acc",
+    report.plot_rounds(rounds, path, title="t", ylabel="acc",
                        series={"student": "accuracy", "baseline": "baseline"}, references={"teacher": 0.99})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", path.read_bytes()[16:24])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from app.errors import ConfigError, FederationError
+from app.results import write_outputs
 from app.site import Site
 from tests.conftest import site_input
 
@@ -21,6 +22,7 @@ def test_two_sites_agree_train_aggregate_and_write_every_output(tmp_path):
         site.adopt_plan(plan)
         assert site.prepare_teacher().accuracy > 0.9
     initial = sites[1].student.state_dict()
+    assert not (tmp_path / "out_c1" / "unfinished").exists()
     assert all(torch.equal(initial[k], v) for k, v in sites[0].student.state_dict().items())
     for round_index in range(2):
         updates = {site.name: site.train_round(round_index) for site in sites}
@@ -28,10 +30,11 @@ def test_two_sites_agree_train_aggregate_and_write_every_output(tmp_path):
         for site in sites:
             site.apply_global(global_weights, round_index)
     assert [r["round"] for r in sites[0].rounds] == [1, 2]
-    metrics = sites[0].write_outputs(federation=[site.summary() for site in sites])
+    metrics = write_outputs(sites[0], federation=[site.summary() for site in sites])
     out = tmp_path / "out_c1"
-    for name in ["student.pt", "student_torchscript.pt", "metrics.json", "rounds.csv", "accuracy.png",
-                 "loss.png", "config.yml", "log.txt"]:
+    for name in ["student.pt", "student_torchscript.pt", "student.onnx", "metrics.json", "rounds.csv",
+                 "accuracy.png", "loss.png", "confusion_matrix.png", "federation_accuracy.png", "report.md",
+                 "config.yml", "log.txt", "checkpoint.pt"]:
         assert (out / name).stat().st_size > 0, name
     written = json.loads((out / "metrics.json").read_text())
     assert written["student"]["accuracy"] == metrics["student"]["accuracy"] > 0.5

@@ -1,0 +1,64 @@
+"""Per-round checkpoints, so an interrupted federation loses at most one round.
+
+While a run is going, every round's global models are saved to
+``<output>/unfinished/checkpoint.pt``: the folder of an earlier successful run
+is left alone until this run has succeeded too. On success the final checkpoint
+moves to ``<output>/checkpoint.pt`` and ``unfinished/`` disappears; after a
+failure it stays, next to ``error.txt``. A checkpoint holds tensors and numbers
+only (loadable with ``weights_only=True``); naming it in ``init_student``
+resumes after its round with the same result as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from app import report
+from app.errors import ModelError
+
+UNFINISHED = "unfinished"
+CHECKPOINT = "checkpoint.pt"
+FORMAT = "fc-knowledge-distillation checkpoint 1"
+
+
+def write(output_dir: Path, round_number: int, models: Mapping[str, nn.Module]) -> Path:
+    path = output_dir / UNFINISHED / CHECKPOINT
+    report.save_state_dict({"format": FORMAT, "round": round_number,
+                            **{name: model.state_dict() for name, model in models.items()}}, path)
+    return path
+
+
+def read(path: Path) -> dict | None:
+    """The checkpoint stored at ``path``, or None when the file is something else (e.g. a plain
+    state_dict, or unreadable: the caller's weights loader then explains what is wrong)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 — reported by the weights loader with the file named
+        return None
+    return saved if isinstance(saved, dict) and saved.get("format") == FORMAT else None
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path, name: str) -> None:
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ModelError(f"init_student '{path.name}': its {name} does not fit student_model "
+                         f"({first[1].strip() if len(first) > 1 else first[0]}). It was saved by a run "
+                         "with another student_model or student_args; use that run's settings.") from None
+
+
+def finish(output_dir: Path) -> None:
+    """Publish the last checkpoint next to the other outputs and drop ``unfinished/``."""
+    unfinished = output_dir / UNFINISHED
+    if (unfinished / CHECKPOINT).exists():
+        (unfinished / CHECKPOINT).replace(output_dir / CHECKPOINT)
+    shutil.rmtree(unfinished, ignore_errors=True)
+
+
+def write_error(output_dir: Path, message: str) -> None:
+    report.write_text(output_dir / UNFINISHED / "error.txt", message.rstrip() + "\n")

@@ -1,0 +1,173 @@
+"""Human-readable views of metrics.json: a site's report.md and the test-bed's summary table.
+
+Both are rendered from the metrics dictionary alone, with the formatting helpers
+below, so every figure shown is a rounding of a value in metrics.json.
+"""
+from __future__ import annotations
+
+from app import report
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def number(value: int) -> str:
+    return f"{value:,}"
+
+
+def size(value: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}×"
+
+
+def milliseconds(value: float) -> str:
+    return f"{value:.3f} ms"
+
+
+def points(value: float) -> str:
+    return f"{100 * value:+.2f} points"
+
+
+def render_report(metrics: dict) -> str:
+    """The whole report.md of one site."""
+    sections = [_headline(metrics), _accuracy(metrics), _size_and_speed(metrics), _rounds(metrics),
+                _per_class(metrics)]
+    if "federation" in metrics:
+        sections.append(_federation(metrics["federation"]))
+    sections += [_files(metrics), _settings(metrics)]
+    return "\n\n".join(sections) + "\n"
+
+
+def summary_table(all_metrics: dict[str, dict]) -> str:
+    """One line per site (teacher, student, baseline accuracy, size) and the federation's weighted line."""
+    rows = [("site", "teacher", "student", "baseline", "student params", "smaller", "faster (batch 1)")]
+    federation = None
+    for site, metrics in all_metrics.items():
+        baseline = metrics.get("baseline", {}).get("accuracy")
+        compression = metrics["compression"]
+        rows.append((site, percent(metrics["teacher"]["accuracy"]), percent(metrics["student"]["accuracy"]),
+                     percent(baseline), number(metrics["student"]["parameters"]),
+                     times(compression["parameters_ratio"]), times(compression["speedup_batch1"])))
+        federation = metrics.get("federation", federation)
+    if federation is not None:
+        rows.append((f"all {len(federation['sites'])} sites", percent(federation["teacher_accuracy"]),
+                     percent(federation["student_accuracy"]), percent(federation["baseline_accuracy"]), "", "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    if federation is not None:
+        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        lines.append("(accuracy on each site's own test set; 'all sites' weights them by test-set size)")
+    return "\n".join(lines)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], align: str) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _headline(metrics: dict) -> str:
+    teacher, student, compression = metrics["teacher"], metrics["student"], metrics["compression"]
+    text = (f"# Knowledge distillation report: site {metrics['site']}\n\n"
+            f"The distilled student reaches **{percent(student['accuracy'])}** test accuracy on this site's "
+            f"{number(metrics['data']['test_samples'])} test images, against {percent(teacher['accuracy'])} for "
+            f"the teacher, with {times(compression['parameters_ratio'])} fewer parameters and "
+            f"{times(compression['speedup_batch1'])} faster inference on one image.")
+    if "baseline" in metrics:
+        text += (f" Trained without the teacher, the same student reaches {percent(metrics['baseline']['accuracy'])}:"
+                 f" distillation gains {points(metrics['distillation_gain'])}.")
+    return text
+
+
+def _accuracy(metrics: dict) -> str:
+    rows = [(f"teacher ({metrics['teacher']['source']})", percent(metrics["teacher"]["accuracy"]),
+             f"{metrics['teacher']['loss']:.4f}"),
+            ("distilled student", percent(metrics["student"]["accuracy"]), f"{metrics['student']['loss']:.4f}")]
+    if "baseline" in metrics:
+        rows.append(("baseline student (no teacher)", percent(metrics["baseline"]["accuracy"]),
+                     f"{metrics['baseline']['loss']:.4f}"))
+    return "## Accuracy on this site's test set\n\n" + _table(("model", "test accuracy", "test loss"), rows, "lrr")
+
+
+def _size_and_speed(metrics: dict) -> str:
+    teacher, student, ratio = metrics["teacher"], metrics["student"], metrics["compression"]
+    batch = student["large_batch"]
+    rows = [("parameters", number(teacher["parameters"]), number(student["parameters"]),
+             times(ratio["parameters_ratio"])),
+            ("size on disk", size(teacher["size_bytes"]), size(student["size_bytes"]), times(ratio["size_ratio"])),
+            ("latency, batch of 1", milliseconds(teacher["latency_ms_batch1"]),
+             milliseconds(student["latency_ms_batch1"]), times(ratio["speedup_batch1"])),
+            (f"latency per image, batch of {batch}", milliseconds(teacher["latency_ms_per_sample"]),
+             milliseconds(student["latency_ms_per_sample"]), times(ratio["speedup_large_batch"])),
+            (f"peak inference memory, batch of {batch}", size(teacher["peak_memory_bytes"]),
+             size(student["peak_memory_bytes"]), times(ratio["memory_ratio"]))]
+    return ("## Size and speed (CPU inference)\n\n"
+            + _table(("", "teacher", "student", "teacher ÷ student"), rows, "lrrr"))
+
+
+def _rounds(metrics: dict) -> str:
+    baseline = "baseline" in metrics
+    header = ("round", "train loss (KD)", "test accuracy", "test loss") + (("baseline accuracy",) if baseline else ())
+    rows = [(str(row["round"]), f"{row['train_loss']:.4f}", percent(row["accuracy"]), f"{row['loss']:.4f}")
+            + ((percent(row["baseline_accuracy"]),) if baseline else ()) for row in metrics["rounds"]]
+    resumed = (f"Resumed from a checkpoint: this run trained rounds {metrics['first_round']} and later.\n\n"
+               if metrics["first_round"] > 1 else "")
+    return (f"## Rounds\n\nThe global models after each round, evaluated on this site's test set.\n\n{resumed}"
+            f"![accuracy per round]({report.ACCURACY_PLOT})\n![loss per round]({report.LOSS_PLOT})\n\n"
+            + _table(header, rows, "r" * len(header)))
+
+
+def _per_class(metrics: dict) -> str:
+    per_class = metrics["student"]["per_class_accuracy"]
+    rows = [(str(label), percent(value), str(sum(metrics["student"]["confusion_matrix"][label])))
+            for label, value in enumerate(per_class)]
+    return ("## Distilled student per class\n\n" + _table(("class", "accuracy", "test images"), rows, "rrr")
+            + f"\n\n![confusion matrix]({report.CONFUSION_PLOT})")
+
+
+def _federation(federation: dict) -> str:
+    rows = [(site["site"], number(site["test_samples"]), percent(site["teacher_accuracy"]),
+             percent(site["student_accuracy"]), percent(site["baseline_accuracy"])) for site in federation["sites"]]
+    rows.append(("**all sites (weighted)**", number(federation["test_samples"]),
+                 percent(federation["teacher_accuracy"]), percent(federation["student_accuracy"]),
+                 percent(federation["baseline_accuracy"])))
+    return (f"## Federation ({len(federation['sites'])} sites)\n\nEach site's accuracy on its own test set; the last "
+            "line weights the sites by test-set size.\n\n"
+            + _table(("site", "test images", "teacher", "distilled student", "baseline student"), rows, "lrrrr")
+            + f"\n\n![federation accuracy per round]({report.FEDERATION_PLOT})")
+
+
+def _files(metrics: dict) -> str:
+    onnx = metrics["onnx"]
+    if onnx["exported"]:
+        verdict = "same predictions" if onnx["same_predictions"] else "**different predictions**"
+        onnx_line = (f"`{report.STUDENT_ONNX}`: ONNX, checked with onnxruntime on {onnx['checked_samples']} "
+                     f"test images: {verdict}, largest logit difference {onnx['max_abs_difference']:.2e}")
+    else:
+        onnx_line = f"`{report.STUDENT_ONNX}`: not exported ({onnx['error']})"
+    lines = [f"`{report.STUDENT_WEIGHTS}`: the global student's state_dict (load with `torch.load(..., "
+             "weights_only=True)` into the student model)",
+             f"`{report.STUDENT_TORCHSCRIPT}`: TorchScript, runs without the model's Python file", onnx_line]
+    if "baseline" in metrics:
+        lines.append(f"`{report.BASELINE_WEIGHTS}`: the baseline student's state_dict")
+    lines += [f"`{report.METRICS}`, `{report.ROUNDS_CSV}`: every figure of this report",
+              "`checkpoint.pt`: the last round's global models; name it in `init_student` to continue training",
+              f"`{report.CONFIG}`: the settings used, defaults included; `{report.LOG}`: this site's log"]
+    return "## Files\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def _settings(metrics: dict) -> str:
+    config = metrics["config"]
+    keys = ("max_iter", "local_epochs", "batch_size", "learning_rate", "optimizer", "temperature", "alpha",
+            "loss", "seed")
+    return "## Settings\n\n" + ", ".join(f"{key} {config[key]}" for key in keys) + "."

@@ -1,0 +1,125 @@
+"""Everything a site leaves behind at the end of a run.
+
+``write_outputs`` measures the teacher and the final student (accuracy, size,
+latency, memory), assembles ``metrics.json`` and writes every other file from
+that one dictionary, so report.md, rounds.csv and the plots always agree with it.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from app import checkpoint, report
+from app.config import effective_document, read_document
+from app.models import summarize
+from app.report_md import render_report
+
+if TYPE_CHECKING:
+    from app.site import Site
+
+ONNX_CHECK_SAMPLES = 64
+
+
+def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
+    """Write this site's outputs; ``federation`` (coordinator only) holds every site's summary."""
+    out = site.output_dir
+    _, check_images, _ = next(iter(site.test.batches(ONNX_CHECK_SAMPLES)))
+    check_images = check_images.to(site.device)
+    teacher_size = summarize(site.teacher, site.train.sample_shape).as_dict()
+    student_size = summarize(site.student, site.train.sample_shape).as_dict()
+    metrics = {
+        "site": site.name,
+        "teacher": {**site.teacher_evaluation.as_dict(), **teacher_size, "source": teacher_source(site)},
+        "student": {**site.evaluations["student"].as_dict(), **student_size},
+        "compression": compression(teacher_size, student_size),
+        "rounds": site.rounds,
+        "first_round": site.first_round + 1,
+        "data": {"train_samples": len(site.train), "test_samples": len(site.test),
+                 "num_classes": site.num_classes, "sample_shape": list(site.train.sample_shape)},
+        "config": site.config.model_dump(),
+    }
+    if "baseline" in site.evaluations:
+        metrics["baseline"] = site.evaluations["baseline"].as_dict()
+        metrics["distillation_gain"] = metrics["student"]["accuracy"] - metrics["baseline"]["accuracy"]
+    if federation is not None:
+        metrics["federation"] = federation_summary(federation)
+
+    report.save_state_dict(site.student.state_dict(), out / report.STUDENT_WEIGHTS)
+    report.export_torchscript(site.student, check_images[:1], out / report.STUDENT_TORCHSCRIPT)
+    metrics["onnx"] = report.export_onnx(site.student, check_images, out / report.STUDENT_ONNX)
+    if "baseline" in site.models:
+        report.save_state_dict(site.models["baseline"].state_dict(), out / report.BASELINE_WEIGHTS)
+    _write_plots(metrics, out)
+    report.write_config(effective_document(read_document(site.input_dir / "config.yml"), site.config),
+                        out / report.CONFIG)
+    report.write_rounds_csv(site.rounds, out / report.ROUNDS_CSV)
+    metrics["seconds"] = time.time() - site.started
+    report.write_json(out / report.METRICS, metrics)
+    report.write_text(out / report.REPORT, render_report(metrics))
+    checkpoint.finish(out)
+    site.log(f"outputs written to {out}")
+    report.write_text(out / report.LOG, "\n".join(site.log_lines) + "\n")
+    return metrics
+
+
+def teacher_source(site: "Site") -> str:
+    config, parts = site.config, []
+    if config.teacher_weights:
+        parts.append(f"weights from {config.teacher_weights}")
+    if config.teacher_rounds:
+        parts.append(f"{config.teacher_rounds} federated rounds")
+    if config.teacher_epochs:
+        parts.append(f"{config.teacher_epochs} local epochs at each site")
+    return ", then ".join(parts)
+
+
+def compression(teacher: dict, student: dict) -> dict:
+    """How much smaller and faster the student is: teacher ÷ student for each measure."""
+    def ratio(key: str) -> float | None:
+        return teacher[key] / student[key] if student[key] else None
+    return {"parameters_ratio": ratio("parameters"), "size_ratio": ratio("size_bytes"),
+            "speedup_batch1": ratio("latency_ms_batch1"), "speedup_large_batch": ratio("latency_ms_per_sample"),
+            "memory_ratio": ratio("peak_memory_bytes")}
+
+
+def federation_summary(sites: list[dict]) -> dict:
+    """Per-site results and, over all sites, accuracies weighted by test-set size (also per round)."""
+    sites = sorted(sites, key=lambda site: site["site"])
+    total = sum(site["test_samples"] for site in sites)
+
+    def weighted(rows: list[tuple[dict, dict]], key: str) -> float | None:
+        if any(row.get(key) is None for row, _ in rows):
+            return None
+        return sum(row[key] * site["test_samples"] for row, site in rows) / total
+
+    everyone = [(site, site) for site in sites]
+    rounds = [{"round": round_rows[0][0]["round"],
+               "accuracy": weighted(round_rows, "accuracy"),
+               "baseline_accuracy": weighted(round_rows, "baseline_accuracy")}
+              for round_rows in zip(*[[(row, site) for row in site["rounds"]] for site in sites])]
+    return {"sites": sites, "test_samples": total,
+            "teacher_accuracy": weighted(everyone, "teacher_accuracy"),
+            "student_accuracy": weighted(everyone, "student_accuracy"),
+            "baseline_accuracy": weighted(everyone, "baseline_accuracy"),
+            "rounds": rounds}
+
+
+def _write_plots(metrics: dict, out) -> None:
+    rounds, site = metrics["rounds"], metrics["site"]
+    baseline = "baseline" in metrics
+    accuracy_series = {"distilled student": "accuracy", **({"baseline student": "baseline_accuracy"} if baseline else {})}
+    loss_series = {"student test loss": "loss", "student train loss (KD)": "train_loss",
+                   **({"baseline test loss": "baseline_loss"} if baseline else {})}
+    report.plot_rounds(rounds, out / report.ACCURACY_PLOT, title=f"Global model accuracy on {site}'s test set",
+                       ylabel="test accuracy", series=accuracy_series,
+                       references={"teacher": metrics["teacher"]["accuracy"]})
+    report.plot_rounds(rounds, out / report.LOSS_PLOT, title=f"Loss per round at {site}", ylabel="loss",
+                       series=loss_series, references={"teacher test loss": metrics["teacher"]["loss"]})
+    report.plot_confusion(metrics["student"]["confusion_matrix"], out / report.CONFUSION_PLOT,
+                          title=f"Distilled student on {site}'s test set")
+    if "federation" in metrics:
+        federation = metrics["federation"]
+        report.plot_rounds(federation["rounds"], out / report.FEDERATION_PLOT,
+                           title="Federation: accuracy weighted by test-set size", ylabel="test accuracy",
+                           series={"distilled student": "accuracy", "baseline student": "baseline_accuracy"},
+                           references={"teacher": federation["teacher_accuracy"]})

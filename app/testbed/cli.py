@@ -1,0 +1,74 @@
+"""`simulate`: run a whole federation on this machine, like `featurecloud test start`.
+
+    python main.py simulate --client-dirs A,B[,C] --generic-dir G --output-dir OUT
+                            [--query-interval S] [--dp-seed N] [--timeout S]
+
+Exit code 0 on success, 1 when the run fails (`site <id>: <message>` on stderr),
+2 when the command itself is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from app.testbed.controller import Timeouts, run_federation
+from app.testbed.sites import UsageError
+
+APP_ENTRY = Path(__file__).resolve().parents[2] / "main.py"
+
+Summary = Callable[[dict[str, Path]], None]
+
+
+def main(argv: list[str], *, entry: Path = APP_ENTRY, summary: Summary | None = None) -> int:
+    """Run `simulate` with argv (without the word `simulate`); `summary` receives each client's output
+    folder after a successful run (the app prints its own results table with it)."""
+    parser = _parser(entry)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:   # argparse has printed its message
+        return int(exit_.code or 0)
+    try:
+        client_dirs = _client_dirs(args.client_dirs)
+        result = run_federation(client_dirs, args.generic_dir, args.output_dir, args.entry,
+                                query_interval=args.query_interval, dp_seed=args.dp_seed,
+                                timeouts=Timeouts(run=args.timeout))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not result.ok:
+        print(result.message, file=sys.stderr)
+        if result.failed_site is not None:
+            print(f"log of site {result.failed_site}: {result.logs[result.failed_site]}", file=sys.stderr)
+        return 1
+    if summary is not None:
+        summary(result.outputs)
+    return 0
+
+
+def _parser(entry: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py simulate",
+                                     description="Run a whole federation locally, one process per client.")
+    parser.add_argument("--client-dirs", required=True,
+                        help="comma-separated client folders; the first client is the coordinator")
+    parser.add_argument("--generic-dir", type=Path, default=None,
+                        help="folder copied into every client's input (a client's own file of the same name wins)")
+    parser.add_argument("--output-dir", type=Path, required=True,
+                        help="each client's outputs go to <output-dir>/<client dir name>/, its log to <name>.log")
+    parser.add_argument("--query-interval", type=float, default=0.1, help="seconds between polls (default 0.1)")
+    parser.add_argument("--dp-seed", type=int, default=0, help="seed of the differential-privacy noise (default 0)")
+    parser.add_argument("--timeout", type=float, default=None, help="fail the run after this many seconds")
+    parser.add_argument("--entry", type=Path, default=entry,
+                        help=f"the app's entry script, run as '<entry> serve ...' per client (default {entry})")
+    return parser
+
+
+def _client_dirs(text: str) -> list[Path]:
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        raise UsageError("--client-dirs is empty: give at least one client folder, e.g. --client-dirs c1,c2")
+    if not all(parts):
+        raise UsageError(f"--client-dirs '{text}' has an empty entry; separate folders by single commas")
+    return [Path(part) for part in parts]
+

@@ -1,0 +1,355 @@
+"""The local controller: runs a whole federation on this machine, as the FeatureCloud controller would.
+
+One client per site is started through a launcher, set up with `POST /setup` (the
+first site coordinates), then polled: one `GET /status` per client and cycle, one
+`GET /data` when it has an item queued, delivered as `POST /data` to the clients
+the routing rules name. The run succeeds once every client reports `finished`; it
+fails as soon as a client reports an error, exits, stops answering, or the run
+exceeds its time limit. Whatever ends the run, every client is stopped.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+from app.testbed.client_api import BadAnswer, ClientApi, RequestFailed, Status, Unreachable, web_state
+from app.testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher, stop_all
+from app.testbed.logs import error_from_log, tail
+from app.testbed.routing import Delivery, Post, Router, RoutingError
+from app.testbed.sites import Site, UsageError, check_arguments, prepare_sites
+
+# Engine waits shortened for local runs (the platform's are 1 s, 10 s and 0.1 s).
+ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "1", "FC_DATA_POLL_INTERVAL": "0.02"}
+SETUP_SLEEP = 1.0   # the engine's POST /setup handler sleeps this long before answering
+WEB_TIMEOUT = 1.0   # the state name in failure messages is a nicety: never wait long for it
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long the controller waits for clients (seconds)."""
+
+    request: float = 5.0        # one GET /status or POST /setup
+    unresponsive: float = 20.0  # a client silent this long has failed; also bounds GET/POST /data
+    start: float = 60.0         # from starting the clients until all of them answer
+    run: float | None = None    # the whole run; None = no limit
+    stop_grace: float = 3.0     # between asking the clients to stop and killing them
+
+
+@dataclass
+class FederationResult:
+    """How a run ended. On failure `message` says which site failed and why (`failed_site` is None when
+    no single site is to blame: interruption, run time limit), and `outputs` are the `<id>.failed` folders."""
+
+    ok: bool
+    message: str
+    failed_site: str | None
+    coordinator: str
+    outputs: dict[str, Path]
+    logs: dict[str, Path]
+    traffic: dict[str, list[Delivery]]   # per recipient, in delivery order
+    elapsed: float
+
+
+class SiteFailure(Exception):
+    """The run failed, because of `site` when one is to blame."""
+
+    def __init__(self, site: str | None, message: str):
+        prefix = f"site {site}: "
+        # KD-ERROR messages of the app name their site already.
+        super().__init__(message if site is None or message.startswith(prefix) else prefix + message)
+        self.site = site
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived during the run (Ctrl-C arrives as KeyboardInterrupt)."""
+
+
+def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_root: Path, entry: Path | None = None,
+                   *, query_interval: float = 0.1, dp_seed: int = 0, env: dict[str, str] | None = None,
+                   timeouts: Timeouts | None = None, launcher: Launcher | None = None,
+                   out: TextIO | None = None) -> FederationResult:
+    """Run the app (`entry`, or whatever `launcher` starts) as one client per client dir and return how it
+    ended. Outputs go to `<output_root>/<client id>/` on success and to `<output_root>/<client id>.failed/`
+    on failure; logs to `<output_root>/<client id>.log`. Raises UsageError for unusable arguments."""
+    started = time.monotonic()
+    if query_interval <= 0:
+        raise UsageError(f"query interval must be positive, got {query_interval}. Fix --query-interval.")
+    check_arguments(client_dirs, generic_dir, output_root)
+    if launcher is None:
+        if entry is None or not entry.is_file():
+            raise UsageError(f"app entry script '{entry}' does not exist. Pass the app's main.py.")
+        launcher = LocalProcessLauncher(entry)
+    out = out or sys.stdout
+    output_root.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=".testbed-", dir=output_root))
+    try:
+        sites = prepare_sites(client_dirs, generic_dir, output_root, work_dir)
+        router = Router([s.id for s in sites], sites[0].id, dp_seed)
+        federation = _Federation(sites, launcher, router, query_interval, timeouts or Timeouts(), out)
+        failure = federation.run(client_env(len(sites), env), started)
+        outputs = _keep_outputs(sites, output_root, failure is None, out)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    if failure is None:
+        message = f"federation of {len(sites)} clients finished in {elapsed:.1f} s"
+        print(f"[testbed] {message}", file=out, flush=True)
+    else:
+        message = str(failure)
+    return FederationResult(ok=failure is None, message=message, failed_site=failure.site if failure else None,
+                            coordinator=sites[0].id, outputs=outputs, logs={s.id: s.log_path for s in sites},
+                            traffic=federation.traffic, elapsed=elapsed)
+
+
+def client_env(n_clients: int, extra: dict[str, str] | None) -> dict[str, str]:
+    """Environment of every client: short engine waits and a fair share of the CPU cores."""
+    threads = max(1, (os.cpu_count() or 1) // n_clients)
+    return {**ENGINE_WAITS, "KD_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
+@dataclass
+class _Client:
+    site: Site
+    handle: ClientHandle
+    api: ClientApi
+    last_answer: float
+    shown: Status | None = None
+    engine_state: str | None = None
+    finished: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.site.id
+
+
+class _Federation:
+    """One run: start, set up and poll the clients, always stopping them at the end."""
+
+    def __init__(self, sites: list[Site], launcher: Launcher, router: Router, query_interval: float,
+                 timeouts: Timeouts, out: TextIO):
+        self.sites = sites
+        self.launcher = launcher
+        self.router = router
+        self.query_interval = query_interval
+        self.timeouts = timeouts
+        self.out = out
+        self.clients: dict[str, _Client] = {}
+        self.handles: list[ClientHandle] = []
+        self.traffic: dict[str, list[Delivery]] = {site.id: [] for site in sites}
+        self.started = 0.0
+        self.id_width = max(len(site.id) for site in sites)
+
+    def run(self, env: dict[str, str], started: float) -> SiteFailure | None:
+        self.started = started
+        with _signal_handlers({signal.SIGTERM: _raise_interrupted}):
+            try:
+                self._start(env)
+                self._setup()
+                self._drive()
+                return None
+            except SiteFailure as failure:
+                return failure
+            except KeyboardInterrupt:
+                return SiteFailure(None, "interrupted (Ctrl-C)")
+            except Interrupted:
+                return SiteFailure(None, "interrupted (SIGTERM)")
+            finally:
+                # A second Ctrl-C must not leave clients behind.
+                with _signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
+                    stop_all(self.handles, self.timeouts.stop_grace)
+
+    def _start(self, env: dict[str, str]) -> None:
+        roles = ", ".join(f"{s.id} (coordinator)" if s.coordinator else s.id for s in self.sites)
+        self._say(f"starting {roles}; logs in {self.sites[0].log_path.parent}/<id>.log")
+        for site in self.sites:
+            handle = self.launcher.start(ClientSpec(site.id, site.input_dir, site.output_dir, site.log_path, env))
+            self.handles.append(handle)
+            self.clients[site.id] = _Client(site, handle, ClientApi(handle.api_url), 0.0)
+        for client in self.clients.values():
+            self._wait_until_answering(client)
+
+    def _wait_until_answering(self, client: _Client) -> None:
+        deadline = self.started + self.timeouts.start
+        while True:
+            code = client.handle.exit_code()
+            if code is not None:
+                raise SiteFailure(client.id, f"process exited with code {code} during start-up; "
+                                             f"last lines of {client.site.log_path}:\n{tail(client.handle.log_text())}")
+            try:
+                client.api.status(timeout=min(self.timeouts.request, 1.0))
+                client.last_answer = time.monotonic()
+                return
+            except Unreachable:
+                pass
+            except BadAnswer as error:
+                raise SiteFailure(client.id, f"{error} during start-up; see {client.site.log_path}") from error
+            if time.monotonic() > deadline:
+                raise SiteFailure(client.id, f"did not answer GET /status within {self.timeouts.start:g} s "
+                                             f"of starting; last lines of {client.site.log_path}:\n"
+                                             f"{tail(client.handle.log_text())}")
+            time.sleep(0.05)
+
+    def _setup(self) -> None:
+        """POST /setup to all clients at once (each answer takes the engine a second)."""
+        ids = list(self.clients)
+        coordinator = self.router.coordinator
+        timeout = self.timeouts.request + SETUP_SLEEP
+        with ThreadPoolExecutor(len(ids)) as pool:
+            calls = {c.id: pool.submit(c.api.setup, c.id, c.site.coordinator, ids, coordinator, timeout)
+                     for c in self.clients.values()}
+        for site_id, call in calls.items():
+            try:
+                call.result()
+            except RequestFailed as error:
+                client = self.clients[site_id]
+                self._check_running(client)
+                reason = error_from_log(client.handle.log_text()) or str(error)
+                raise SiteFailure(site_id, f"setup failed: {reason}") from error
+            self.clients[site_id].last_answer = time.monotonic()
+
+    def _drive(self) -> None:
+        while True:
+            cycle = time.monotonic()
+            for client in self.clients.values():
+                if not client.finished:
+                    self._poll(client)
+            if all(client.finished for client in self.clients.values()):
+                return
+            self._check_run_time()
+            time.sleep(max(0.0, self.query_interval - (time.monotonic() - cycle)))
+
+    def _poll(self, client: _Client) -> None:
+        """One GET /status and, if an item is queued, one GET /data and its deliveries."""
+        self._check_running(client)
+        status = self._status(client)
+        if status is None:
+            return
+        self._show(client, status)
+        if status.failed:
+            reason = error_from_log(client.handle.log_text()) or f"failed with {status.message}"
+            raise SiteFailure(client.id, reason)
+        if status.available:
+            body = self._transfer(client, client.api.pull)
+            try:
+                posts = self.router.route(client.id, status, body)
+            except RoutingError as error:
+                raise SiteFailure(client.id, str(error)) from error
+            for post in posts:
+                self._deliver(post)
+        elif status.finished:
+            client.finished = True
+
+    def _status(self, client: _Client) -> Status | None:
+        """The client's status; None while it has been silent for less than the unresponsive timeout."""
+        silent_for = time.monotonic() - client.last_answer
+        timeout = max(0.1, min(self.timeouts.request, self.timeouts.unresponsive - silent_for))
+        try:
+            status = client.api.status(timeout)
+        except Unreachable as error:
+            self._check_running(client)
+            silent_for = time.monotonic() - client.last_answer
+            if silent_for >= self.timeouts.unresponsive:
+                raise SiteFailure(client.id, f"unresponsive: no answer for {silent_for:.1f} s "
+                                             f"({error}) {self._where(client)}") from error
+            return None
+        except BadAnswer as error:
+            raise SiteFailure(client.id, f"{error} {self._where(client)}") from error
+        client.last_answer = time.monotonic()
+        return status
+
+    def _deliver(self, post: Post) -> None:
+        recipient = self.clients[post.recipient]
+        self._transfer(recipient, recipient.api.push, post.body, post.delivery.sender, post.delivery.memo)
+        self.traffic[post.recipient].append(post.delivery)
+
+    def _transfer(self, client: _Client, call: Callable, *args) -> bytes:
+        """GET or POST /data: not retried, since a lost answer may have moved the item already."""
+        try:
+            answer = call(*args, timeout=self.timeouts.unresponsive)
+        except RequestFailed as error:
+            self._check_running(client)
+            raise SiteFailure(client.id, f"{error} {self._where(client)}") from error
+        client.last_answer = time.monotonic()
+        return answer
+
+    def _check_running(self, client: _Client) -> None:
+        code = client.handle.exit_code()
+        if code is None:
+            return
+        reason = error_from_log(client.handle.log_text())
+        raise SiteFailure(client.id, f"process exited with code {code} {self._where(client)}"
+                                     + (f"; last error in its log: {reason}" if reason else ""))
+
+    def _check_run_time(self) -> None:
+        limit = self.timeouts.run
+        if limit is None or time.monotonic() - self.started < limit:
+            return
+        waiting = "; ".join(f"{c.id} {self._where(c)}" for c in self.clients.values() if not c.finished)
+        raise SiteFailure(None, f"the run did not finish within {limit:g} s; still running: {waiting}")
+
+    def _show(self, client: _Client, status: Status) -> None:
+        """Print a line when what the client reports changes."""
+        if client.shown is not None and _summary(client.shown) == _summary(status):
+            return
+        client.shown = status
+        client.engine_state = web_state(client.handle.web_url, WEB_TIMEOUT) or client.engine_state
+        self._say(f"{_summary(status)}", client.id)
+
+    def _where(self, client: _Client) -> str:
+        state = f"while in state '{client.engine_state}'" if client.engine_state else "before its first state"
+        return state + (f" (last status: {_summary(client.shown)})" if client.shown else "")
+
+    def _say(self, line: str, site: str = "testbed") -> None:
+        print(f"[{site:<{self.id_width}}] {line}", file=self.out, flush=True)
+
+
+def _summary(status: Status) -> str:
+    """`40%  round 4/10 distilling`, plus the state when it is not plain running."""
+    percent = "   -" if status.progress is None else f"{status.progress * 100:3.0f}%"
+    state = "" if status.state in (None, "running") else f"  [{status.state}]"
+    return f"{percent}  {status.message or ''}{state}"
+
+
+def _keep_outputs(sites: list[Site], output_root: Path, ok: bool, out: TextIO) -> dict[str, Path]:
+    """Move each site's outputs to `<id>/` (success) or `<id>.failed/` (failure, leaving `<id>/` alone)."""
+    kept = {}
+    for site in sites:
+        target = output_root / (site.id if ok else f"{site.id}.failed")
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        shutil.move(site.output_dir, target)
+        kept[site.id] = target
+    if not ok:
+        print(f"[testbed] partial outputs of the failed run kept in {', '.join(map(str, kept.values()))}; "
+              f"earlier results in {output_root} were left untouched", file=out, flush=True)
+    return kept
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted()
+
+
+@contextmanager
+def _signal_handlers(handlers: dict[signal.Signals, Callable | int]):
+    """Install signal handlers for the duration of the block (only possible in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
