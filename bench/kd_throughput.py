@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ STUDENT_FILE = ROOT / "models" / "mnist_cnn_student.py"
 TARGET_SPEEDUP = 3.0       # a/b
 TARGET_KD_VS_PLAIN = 0.8   # a/c
 DRY_RUN_BATCH = 8
+NOISY_SPREAD = 1.5         # slowest / fastest timed epoch of one loop beyond which the run is flagged
 
 Epoch = Callable[[int], None]   # runs one training epoch; its argument numbers the epoch
 
@@ -180,6 +181,10 @@ def report(measurements: list[Measurement], samples: int, caching_seconds: float
               f"parameters: teacher {teacher_params:,}, student {student_params:,}, "
               f"ratio {teacher_params / student_params:.1f}x",
               f"a/b = {a / b:.2f} (target >= {TARGET_SPEEDUP}), a/c = {a / c:.2f} (target >= {TARGET_KD_VS_PLAIN})"]
+    noisy = [m.label[:3] for m in measurements if max(m.seconds) > NOISY_SPREAD * min(m.seconds)]
+    if noisy:
+        lines.append(f"NOTE: epoch times of {', '.join(noisy)} vary by more than {NOISY_SPREAD}x: the machine was "
+                     "busy with other work during the run; run again (or with more --epochs) for steadier ratios.")
     if a / b < TARGET_SPEEDUP:
         lines.append(f"WARNING: a/b = {a / b:.2f} misses the target {TARGET_SPEEDUP}: cached KD epochs are "
                      "not that much faster than the seed loop here.")
