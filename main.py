@@ -52,8 +52,9 @@ def main(argv: list[str]) -> int:
         serve("localhost", 5000)
         return 0
     if argv[0] == "simulate":
+        from app.report_md import print_summary
         from app.testbed.cli import main as simulate
-        return simulate(argv[1:])
+        return simulate(argv[1:], summary=print_summary)
     if argv[0] == "serve":
         parser = argparse.ArgumentParser(prog="main.py serve", description="Serve one client of the app.")
         parser.add_argument("--host", default="127.0.0.1")

@@ -5,6 +5,9 @@ below, so every figure shown is a rounding of a value in metrics.json.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from app import report
 
 
@@ -45,26 +48,42 @@ def render_report(metrics: dict) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def print_summary(outputs: dict[str, Path]) -> None:
+    """The test-bed's closing table, from each site's metrics.json (in client order)."""
+    all_metrics = {site: json.loads((folder / report.METRICS).read_text()) for site, folder in outputs.items()}
+    print("\n" + summary_table(all_metrics))
+    print(f"\nEach site's student, metrics, plots and report.md are in {_common_parent(outputs)}/<site>/.")
+
+
+def _common_parent(outputs: dict[str, Path]) -> Path:
+    parents = {folder.parent for folder in outputs.values()}
+    return parents.pop() if len(parents) == 1 else Path(".")
+
+
 def summary_table(all_metrics: dict[str, dict]) -> str:
     """One line per site (teacher, student, baseline accuracy, size) and the federation's weighted line."""
-    rows = [("site", "teacher", "student", "baseline", "student params", "smaller", "faster (batch 1)")]
+    with_baseline = any("baseline" in metrics for metrics in all_metrics.values())
+    rows = [("site", "teacher", "student") + (("baseline",) if with_baseline else ())
+            + ("student params", "smaller", "faster (batch 1)")]
     federation = None
     for site, metrics in all_metrics.items():
-        baseline = metrics.get("baseline", {}).get("accuracy")
         compression = metrics["compression"]
-        rows.append((site, percent(metrics["teacher"]["accuracy"]), percent(metrics["student"]["accuracy"]),
-                     percent(baseline), number(metrics["student"]["parameters"]),
-                     times(compression["parameters_ratio"]), times(compression["speedup_batch1"])))
+        rows.append((site, percent(metrics["teacher"]["accuracy"]), percent(metrics["student"]["accuracy"]))
+                    + ((percent(metrics.get("baseline", {}).get("accuracy")),) if with_baseline else ())
+                    + (number(metrics["student"]["parameters"]), times(compression["parameters_ratio"]),
+                       times(compression["speedup_batch1"])))
         federation = metrics.get("federation", federation)
     if federation is not None:
         rows.append((f"all {len(federation['sites'])} sites", percent(federation["teacher_accuracy"]),
-                     percent(federation["student_accuracy"]), percent(federation["baseline_accuracy"]), "", "", ""))
+                     percent(federation["student_accuracy"]))
+                    + ((percent(federation["baseline_accuracy"]),) if with_baseline else ()) + ("", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
+    rule = "-" * max(len(line) for line in lines)
+    lines.insert(1, rule)
     if federation is not None:
-        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        lines.insert(len(lines) - 1, rule)
         lines.append("(accuracy on each site's own test set; 'all sites' weights them by test-set size)")
     return "\n".join(lines)
 
