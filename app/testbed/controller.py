@@ -307,7 +307,7 @@ class _Federation:
 
     def _where(self, client: _Client) -> str:
         state = f"while in state '{client.engine_state}'" if client.engine_state else "before its first state"
-        return state + (f" (last status: {_summary(client.shown)})" if client.shown else "")
+        return state + (f" (last status: {' '.join(_summary(client.shown).split())})" if client.shown else "")
 
     def _say(self, line: str, site: str = "testbed") -> None:
         print(f"[{site:<{self.id_width}}] {line}", file=self.out, flush=True)
@@ -332,8 +332,8 @@ def _keep_outputs(sites: list[Site], output_root: Path, ok: bool, out: TextIO) -
         shutil.move(site.output_dir, target)
         kept[site.id] = target
     if not ok:
-        print(f"[testbed] partial outputs of the failed run kept in {', '.join(map(str, kept.values()))}; "
-              f"earlier results in {output_root} were left untouched", file=out, flush=True)
+        print(f"[testbed] partial outputs of this failed run: {output_root}/<id>.failed/; "
+              f"earlier results in {output_root}/<id>/ were left untouched", file=out, flush=True)
     return kept
 
 
