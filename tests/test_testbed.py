@@ -123,7 +123,7 @@ def in_background(call) -> Future:
 def test_plain_federation_every_client_gets_every_round_sum(tmp_path, numbers):
     federation = make_federation(tmp_path, numbers)
     launcher = RecordingLauncher()
-    result = federation.run(launcher)
+    result = federation.run(launcher, env={"TOY_MARK": "extra", "FC_TERMINAL_WAIT": "0.5"})
 
     assert result.ok, result.message
     ids = [f"c{i}" for i in range(1, len(numbers) + 1)]
@@ -133,6 +133,9 @@ def test_plain_federation_every_client_gets_every_round_sum(tmp_path, numbers):
         assert [read_round(federation.output / site, r) for r in (1, 2, 3)] == [total, 2 * total, 3 * total]
         inputs = (federation.output / site / "input_files.txt").read_text().splitlines()
         assert {"config.yml", "number.txt", "shared/note.txt"} <= set(inputs)
+        assert json.loads((federation.output / site / "environment.json").read_text()) == {
+            "FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "0.5", "FC_DATA_POLL_INTERVAL": "0.02",
+            "KD_NUM_THREADS": str(max(1, os.cpu_count() // len(numbers))), "TOY_MARK": "extra"}
         assert result.logs[site] == federation.output / f"{site}.log"
         assert "[CTRL] POST /setup" in result.logs[site].read_text()
     participants = ids[1:]
@@ -398,6 +401,11 @@ def test_input_folder_is_generic_with_the_clients_own_files_on_top(tmp_path):
                      "data/train.npz": "own data"}
     assert list(site.output_dir.iterdir()) == []
     assert site.log_path == output_root / "client.log"
+
+    # --client-dirs . --output-dir . : the working folder inside the client dir is not copied into itself
+    inside, = prepare_sites([client], None, client, client / ".testbed-run")
+    assert (inside.input_dir / "models" / "b.py").exists()
+    assert not (inside.input_dir / ".testbed-run").exists()
 
 
 def test_router_routes_like_the_controller():

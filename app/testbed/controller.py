@@ -151,22 +151,22 @@ class _Federation:
 
     def run(self, env: dict[str, str], started: float) -> SiteFailure | None:
         self.started = started
-        with _signal_handlers({signal.SIGTERM: _raise_interrupted}):
-            try:
+        try:
+            with _signal_handlers({signal.SIGTERM: _raise_interrupted}):
                 self._start(env)
                 self._setup()
                 self._drive()
-                return None
-            except SiteFailure as failure:
-                return failure
-            except KeyboardInterrupt:
-                return SiteFailure(None, "interrupted (Ctrl-C)")
-            except Interrupted:
-                return SiteFailure(None, "interrupted (SIGTERM)")
-            finally:
-                # A second Ctrl-C must not leave clients behind.
-                with _signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
-                    stop_all(self.handles, self.timeouts.stop_grace)
+            return None
+        except SiteFailure as failure:
+            return failure
+        except KeyboardInterrupt:
+            return SiteFailure(None, "interrupted (Ctrl-C)")
+        except Interrupted:
+            return SiteFailure(None, "interrupted (SIGTERM)")
+        finally:
+            # A second Ctrl-C must not leave clients behind.
+            with _signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
+                stop_all(self.handles, self.timeouts.stop_grace)
 
     def _start(self, env: dict[str, str]) -> None:
         roles = ", ".join(f"{s.id} (coordinator)" if s.coordinator else s.id for s in self.sites)

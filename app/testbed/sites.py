@@ -70,7 +70,8 @@ def client_ids(client_dirs: list[Path]) -> list[str]:
 def prepare_sites(client_dirs: list[Path], generic_dir: Path | None, output_root: Path,
                   work_dir: Path) -> list[Site]:
     """Build every site's input and (empty) output folder under work_dir; the first site coordinates."""
-    skip = {output_root.resolve()}   # the output root may sit inside a client dir ('.' as client dir)
+    # The output root (holding work_dir) may sit inside a client dir, or be one: never copy it into itself.
+    skip = {output_root.resolve(), work_dir.resolve()}
     sites = []
     for index, (site_id, folder) in enumerate(zip(client_ids(client_dirs), client_dirs)):
         input_dir = work_dir / site_id / "input"

@@ -12,7 +12,8 @@
     dp: {epsilon: 1.0, delta: 1.0e-5, clipping: 1.0}   configure_dp with Gauss noise
 
 Each client reads its number from `number.txt` and writes `input_files.txt` (its
-input dir's files) and `round<r>.json` (the sum it received in round r).
+input dir's files), `environment.json` (the variables the test-bed sets) and
+`round<r>.json` (the sum it received in round r).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import yaml
 from FeatureCloud.app.engine.app import AppState, DPNoisetype, Role, app_state
 
 FOLDERS = {"input": Path("/mnt/input"), "output": Path("/mnt/output")}
+REPORTED_ENVIRONMENT = ("FC_TRANSITION_WAIT", "FC_TERMINAL_WAIT", "FC_DATA_POLL_INTERVAL", "KD_NUM_THREADS", "TOY_MARK")
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -47,6 +49,8 @@ class Initial(AppState):
         self.store("round", 0)
         files = sorted(str(p.relative_to(FOLDERS["input"])) for p in FOLDERS["input"].rglob("*") if p.is_file())
         write_atomically(FOLDERS["output"] / "input_files.txt", "\n".join(files))
+        write_atomically(FOLDERS["output"] / "environment.json",
+                         json.dumps({name: os.environ.get(name) for name in REPORTED_ENVIRONMENT}))
         if config.get("pid_dir"):
             write_atomically(Path(config["pid_dir"]) / f"{self.id}.pid", str(os.getpid()))
         exchange = config.get("exchange", "plain")
