@@ -71,4 +71,3 @@ def _client_dirs(text: str) -> list[Path]:
     if not all(parts):
         raise UsageError(f"--client-dirs '{text}' has an empty entry; separate folders by single commas")
     return [Path(part) for part in parts]
-

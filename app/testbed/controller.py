@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
@@ -303,7 +303,7 @@ class _Federation:
             return
         client.shown = status
         client.engine_state = web_state(client.handle.web_url, WEB_TIMEOUT) or client.engine_state
-        self._say(f"{_summary(status)}", client.id)
+        self._say(_summary(status), client.id)
 
     def _where(self, client: _Client) -> str:
         state = f"while in state '{client.engine_state}'" if client.engine_state else "before its first state"

@@ -89,4 +89,3 @@ def clip(vector: np.ndarray, bound: float, ord: int) -> np.ndarray:
 def gauss_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
     """Standard deviation of the Gaussian mechanism."""
     return math.sqrt(2 * math.log(1.25 / delta)) * sensitivity / epsilon
-
