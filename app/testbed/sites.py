@@ -23,7 +23,6 @@ class Site:
 
     id: str
     coordinator: bool
-    source_dir: Path
     input_dir: Path
     output_dir: Path
     log_path: Path
@@ -81,8 +80,7 @@ def prepare_sites(client_dirs: list[Path], generic_dir: Path | None, output_root
         if generic_dir is not None:
             overlay(generic_dir, input_dir, skip)
         overlay(folder, input_dir, skip)
-        sites.append(Site(site_id, index == 0, folder, input_dir, output_dir,
-                          output_root / f"{site_id}.log"))
+        sites.append(Site(site_id, index == 0, input_dir, output_dir, output_root / f"{site_id}.log"))
     return sites
 
 
