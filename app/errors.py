@@ -7,6 +7,11 @@ message and the test-bed shows it, so no traceback is needed to understand it.
 """
 
 
+# A site prints a user mistake as one line `KD-ERROR <message as a JSON string>`: the engine
+# reports only the exception's class name to the controller, the test-bed reads this line.
+ERROR_MARKER = "KD-ERROR"
+
+
 class KDError(Exception):
     """A problem the user can fix; the message says what and how."""
 

@@ -11,10 +11,9 @@ from pathlib import Path
 from FeatureCloud.app.engine.app import AppState, State
 
 from app.checkpoint import write_error
-from app.errors import KDError
+from app.errors import ERROR_MARKER, KDError
 from app.site import Site
 
-ERROR_MARKER = "KD-ERROR"
 MAX_MESSAGE = 40   # the engine rejects longer status messages
 SETUP_SHARE, RESULTS_SHARE = 0.1, 0.05   # of the progress bar, before the first round and after the last
 

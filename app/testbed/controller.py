@@ -303,6 +303,8 @@ class _Federation:
             return
         client.shown = status
         client.engine_state = web_state(client.handle.web_url, WEB_TIMEOUT) or client.engine_state
+        if status.message == client.engine_state != "terminal":
+            return   # the engine's placeholder message between two states; the app's own follows at once
         self._say(_summary(status), client.id)
 
     def _where(self, client: _Client) -> str:

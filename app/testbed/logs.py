@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 
-ERROR_MARKER = "KD-ERROR"
+from app.errors import ERROR_MARKER
+
 _TRACEBACK = "Traceback (most recent call last):"
 # `ValueError: bad value`, `pkg.module.Error: ...` or a bare `KeyboardInterrupt`; not indented.
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: .*)?$")
