@@ -83,7 +83,7 @@ build_image() {
   done || die "docker build of $TAG failed (see output above)"
   local bytes
   bytes=$(docker image inspect -f '{{.Size}}' "$TAG") || die "image $TAG not found after the build"
-  log "built $TAG in $((SECONDS - start))s; image size $(numfmt --to=si --suffix=B "$bytes") ($bytes bytes)"
+  log "built $TAG in $((SECONDS - start))s; image size $(numfmt --to=si --round=nearest --suffix=B "$bytes") ($bytes bytes)"
   # Images this Dockerfile built before and that lost their tag to this build.
   docker image prune -f --filter "label=org.opencontainers.image.title=fc-knowledge-distillation" >/dev/null \
     || log "warning: could not remove this app's untagged older images"
