@@ -1,0 +1,127 @@
+"""The real app end to end: separate client processes on the real FeatureCloud engine,
+driven over HTTP by the local test-bed, on small real MNIST sites."""
+import io
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+import yaml
+
+from app.testbed.controller import run_federation
+from tests.conftest import REPO, SECTION
+
+pytestmark = pytest.mark.slow
+QUICK = {"max_iter": 2, "batch_size": 32}
+
+
+def federate(tmp_path, make, sites=2, out="out", **overrides):
+    generic, clients = make(sites=sites, **{**QUICK, **overrides})
+    log = io.StringIO()
+    result = run_federation(clients, generic, tmp_path / out, REPO / "main.py", out=log)
+    return result, log.getvalue()
+
+
+def metrics(result, site):
+    return json.loads((result.outputs[site] / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("sites", [2, 3])
+def test_every_site_ends_with_the_same_student_and_a_round_per_entry(tmp_path, small_federation, sites):
+    result, log = federate(tmp_path, small_federation, sites=sites)
+    assert result.ok, result.message
+    ids = list(result.outputs)
+    students = {(result.outputs[site] / "student.pt").read_bytes() for site in ids}
+    assert len(students) == 1   # byte-identical everywhere
+    for site in ids:
+        data = metrics(result, site)
+        assert [row["round"] for row in data["rounds"]] == [1, 2]
+        assert all(math.isfinite(value) for row in data["rounds"] for value in row.values())
+        assert data["student"]["accuracy"] > 0.6   # chance is 0.1
+        assert data["compression"]["parameters_ratio"] >= 10
+    assert "round 2/2 distilling" in log
+    assert metrics(result, ids[0])["federation"]["test_samples"] == 200 * sites
+
+
+def test_a_broken_config_at_one_site_ends_the_run_quickly_naming_site_key_and_value(tmp_path, small_federation):
+    generic, clients = small_federation(**QUICK)
+    (clients[1] / "config.yml").write_text(yaml.safe_dump({SECTION: {**yaml.safe_load(
+        (generic / "config.yml").read_text())[SECTION], "alpha": 2}}))
+    started = time.monotonic()
+    result = run_federation(clients, generic, tmp_path / "out", REPO / "main.py", out=io.StringIO())
+    assert not result.ok and time.monotonic() - started < 30
+    assert result.failed_site == "site2"
+    assert "site site2: config.yml: alpha: 2 — must be a number between 0 and 1" in result.message
+
+
+def test_sites_disagreeing_on_rounds_are_told_which_key(tmp_path, small_federation):
+    generic, clients = small_federation(**QUICK)
+    settings = yaml.safe_load((generic / "config.yml").read_text())[SECTION]
+    (clients[1] / "config.yml").write_text(yaml.safe_dump({SECTION: {**settings, "max_iter": 3}}))
+    result = run_federation(clients, generic, tmp_path / "out", REPO / "main.py", out=io.StringIO())
+    assert not result.ok
+    assert "disagrees with the coordinator's on max_iter: max_iter: 3 here, 2 at the coordinator" in result.message
+
+
+@pytest.mark.parametrize("source", [{"teacher_rounds": 2, "teacher_weights": None},
+                                    {"teacher_epochs": 2, "teacher_weights": None}])
+def test_a_teacher_trained_by_the_federation_or_at_each_site(tmp_path, small_federation, source):
+    result, _ = federate(tmp_path, small_federation, **source, learning_rate=0.002)
+    assert result.ok, result.message
+    teachers = {site: metrics(result, site)["teacher"] for site in result.outputs}
+    for teacher in teachers.values():
+        assert teacher["accuracy"] > 0.6
+        assert ("federated rounds" in teacher["source"]) == ("teacher_rounds" in source)
+
+
+def test_baseline_is_trained_alongside_and_reported(tmp_path, small_federation):
+    result, _ = federate(tmp_path, small_federation, baseline=True)
+    assert result.ok, result.message
+    coordinator = metrics(result, "site1")
+    assert {"accuracy", "baseline_accuracy"} <= set(coordinator["rounds"][-1])
+    assert coordinator["distillation_gain"] == pytest.approx(
+        coordinator["student"]["accuracy"] - coordinator["baseline"]["accuracy"])
+    assert coordinator["federation"]["baseline_accuracy"] is not None
+    assert "baseline student (no teacher)" in (result.outputs["site1"] / "report.md").read_text()
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_student(tmp_path, small_federation):
+    whole, _ = federate(tmp_path, small_federation, out="whole", max_iter=3)
+    first_part, _ = federate(tmp_path, small_federation, out="part", max_iter=2)
+    assert whole.ok and first_part.ok
+    generic = tmp_path / "generic"
+    (generic / "resume.pt").write_bytes((first_part.outputs["site1"] / "checkpoint.pt").read_bytes())
+    rest, _ = federate(tmp_path, small_federation, out="rest", max_iter=3, init_student="resume.pt")
+    assert rest.ok, rest.message
+    assert [row["round"] for row in metrics(rest, "site1")["rounds"]] == [3]
+    resumed = torch.load(rest.outputs["site1"] / "student.pt", weights_only=True)
+    uninterrupted = torch.load(whole.outputs["site1"] / "student.pt", weights_only=True)
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(resumed[name], tensor), name
+
+
+def test_the_container_entry_serves_the_featurecloud_api(tmp_path):
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 5000)) == 0:
+            pytest.skip("port 5000 is taken on this machine")
+    process = subprocess.Popen([sys.executable, str(REPO / "main.py")], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:5000/api/status", timeout=2) as answer:
+                    status = json.loads(answer.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "the API never answered"
+                time.sleep(0.3)
+        assert status["available"] is False and status["finished"] is False
+    finally:
+        process.terminate()
+        process.wait(10)
