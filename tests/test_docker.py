@@ -154,6 +154,7 @@ def test_one_client_federation_runs_to_finished_through_nginx(tmp_path):
         assert container.request("/data?client=2&memo=bulk", body=os.urandom(8 * 2**20)) == b""
         container_id = container.id
     assert not container_exists(container_id)
+    assert not (input_dir / "__pycache__").exists(), "importing the user's model files wrote bytecode into /mnt/input"
 
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["data"]["train_samples"] == 5000 and metrics["data"]["test_samples"] == 1000
