@@ -44,7 +44,7 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
     server = Bottle()
     server.mount("/api", api_server)
     server.mount("/web", web_server)
-    server.run(host=host, port=port, quiet=shorten_waits)
+    server.run(host=host, port=port, quiet=True)   # no access-log line per controller poll
 
 
 def main(argv: list[str]) -> int:

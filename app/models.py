@@ -116,9 +116,12 @@ def _importable_folder(folder: Path) -> Iterator[None]:
     before = set(sys.modules)
     sys.path.insert(0, str(folder))
     importlib.invalidate_caches()   # the folder's files may be newer than the import system's listing
+    # The input folder is the user's (or read-only): leave no __pycache__ in it.
+    writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
         yield
     finally:
+        sys.dont_write_bytecode = writes_bytecode
         sys.path.remove(str(folder))
         for name in set(sys.modules) - before:
             file = getattr(sys.modules[name], "__file__", None)
