@@ -22,7 +22,11 @@ from app.data import Data
 from app.errors import ConfigError, TrainingError
 from app.losses import DistillKind, kd_loss
 
-EVAL_BATCH = 1024
+# Inference batch for caching logits and evaluating. Larger is not faster on the CPU: once a
+# layer's output passes glibc's mmap threshold (32 MiB at most), every batch maps and zeroes
+# fresh memory from the kernel (measured: 10k MNIST images through the 0.9M-parameter teacher,
+# 1 thread: 3.6 s at 1024, 2.4 s at 256, 1.7 s at 128).
+EVAL_BATCH = 128
 
 
 @dataclass(frozen=True)
