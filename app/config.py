@@ -45,6 +45,24 @@ Number = Annotated[float, BeforeValidator(_number)]
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
+class DPConfig(BaseModel):
+    """Differential privacy of the updates, applied by the FeatureCloud controller."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon: Number = _field(1.0, "a number > 0 (privacy budget per round; smaller is more private)", gt=0)
+    delta: Number = _field(1e-5, "a number between 0 and 1 (gauss noise needs > 0)", ge=0, lt=1)
+    clipping: Number = _field(1.0, "a number > 0: the norm every site's update is clipped to", gt=0)
+    noise: Literal["gauss", "laplace"] = _field("gauss", "one of: gauss, laplace")
+
+    @model_validator(mode="after")
+    def _gauss_needs_delta(self) -> "DPConfig":
+        if self.noise == "gauss" and self.delta == 0:
+            raise ValueError("dp.delta: 0 — gauss noise needs a delta > 0 (e.g. 1e-5); use noise: laplace "
+                             "for pure epsilon-differential privacy")
+        return self
+
+
 class KDConfig(BaseModel):
     """Validated settings of one site. Defaults follow the original FeatureCloud KD app."""
 
@@ -71,6 +89,13 @@ class KDConfig(BaseModel):
     temperature: Number = _field(2.0, "a number > 0 and ≤ 100", gt=0, le=100)
     alpha: Number = _field(0.5, "a number between 0 and 1", ge=0, le=1)
     loss: Literal["kl", "mse", "soft_ce"] = _field("kl", "one of: kl, mse, soft_ce")
+
+    aggregation: Literal["fedavg", "fedprox"] = _field("fedavg", "one of: fedavg, fedprox")
+    mu: Number = _field(0.01, "a number ≥ 0 (FedProx's proximal weight)", ge=0)
+    fedbn: bool = _field(False, "true or false", strict=True)
+    use_smpc: bool = _field(False, "true or false", strict=True)
+    smpc_exponent: WholeNumber = _field(8, "a whole number of decimal digits from 1 to 12", ge=1, le=12)
+    dp: DPConfig | None = _field(None, "a mapping with epsilon, delta, clipping and noise, or empty")
 
     baseline: bool = _field(False, "true or false", strict=True)
     init_student: str | None = _field(None, "the name of a student.pt or checkpoint.pt of an earlier run, or empty")
@@ -161,7 +186,7 @@ def _looks_flat(document: dict) -> bool:
 
 
 def _section(document: Any, source: str) -> dict:
-    if document is None:
+    if document is None or document == {}:
         raise ConfigError(f"{source}: the file is empty. Add a '{SECTION}:' section (see the README).")
     if not isinstance(document, dict):
         raise ConfigError(
@@ -186,16 +211,23 @@ def _section(document: Any, source: str) -> dict:
 
 
 def _describe(error: dict) -> str:
-    if not error["loc"]:   # a rule about several keys together
-        return str(error["ctx"]["error"])
-    key = ".".join(str(part) for part in error["loc"])
+    loc = [str(part) for part in error["loc"]]
+    if not loc or loc == ["dp"] and error["type"] == "value_error":
+        return str(error["ctx"]["error"])   # a rule about several keys together, already worded
+    key = ".".join(loc)
+    schema = _schema_of(loc[:-1])
     if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(error["loc"][-1]), FIELDS, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(loc[-1], list(schema.model_fields), n=1, cutoff=0.6)
         hint = f" — did you mean '{close[0]}'?" if close else " — see the README for the list of keys"
         return f"{key}: unknown key{hint}"
-    field = KDConfig.model_fields.get(str(error["loc"][0]))
+    field = schema.model_fields.get(loc[-1])
     allowed = (field.json_schema_extra or {}).get("allowed") if field else None
     return f"{key}: {error['input']!r} — must be {allowed or error['msg']}"
+
+
+def _schema_of(path: list[str]) -> type[BaseModel]:
+    """The settings class a nested key lives in (``dp.epsilon`` lives in DPConfig)."""
+    return DPConfig if path == ["dp"] else KDConfig
 
 
 def _problem_report(source: str, problems: list[str]) -> str:

@@ -132,3 +132,23 @@ def test_documented_template_lists_every_key_with_its_default():
     document = yaml.safe_load((Path(__file__).parents[1] / "config.yml").read_text())
     assert list(document[SECTION]) == list(KDConfig.model_fields)
     assert parse_config(document) == KDConfig.model_validate(TEACHER)
+
+
+def test_privacy_and_strategy_settings():
+    config = parse_config({**TEACHER, "use_smpc": True, "aggregation": "fedprox", "mu": 0.1,
+                           "dp": {"epsilon": 2, "noise": "laplace", "delta": 0}})
+    assert config.use_smpc and config.aggregation == "fedprox" and config.mu == 0.1
+    assert (config.dp.epsilon, config.dp.noise, config.dp.clipping) == (2.0, "laplace", 1.0)
+    assert parse_config(TEACHER).dp is None
+
+
+@pytest.mark.parametrize("dp, expected", [
+    ({"epsilon": 0}, "dp.epsilon: 0 — must be a number > 0"),
+    ({"nois": "gauss"}, "dp.nois: unknown key — did you mean 'noise'?"),
+    ({"delta": 0}, "dp.delta: 0 — gauss noise needs a delta > 0"),
+    ({"noise": "uniform"}, "dp.noise: 'uniform' — must be one of: gauss, laplace"),
+    (3, "dp: 3 — must be a mapping with epsilon, delta, clipping and noise, or empty"),
+])
+def test_differential_privacy_problems_name_the_nested_key(dp, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_config({**TEACHER, "dp": dp})
