@@ -4,8 +4,11 @@ Updates travel between sites as plain ``{name: numpy array}`` dicts (``to_arrays
 so no torch pickle crosses the network. ``fedavg`` averages every floating-point
 entry of the state_dict, parameters and BatchNorm running statistics alike,
 weighted by each site's number of training samples (McMahan et al. 2017).
-Integer buffers such as ``num_batches_tracked`` are counters, not estimates: the
-global value is the largest site's counter, kept as an integer.
+Integer buffers such as ``num_batches_tracked`` are counters: they are averaged the
+same way but rounded back to whole numbers and keep their integer type.
+
+``flatten``/``unflatten`` turn models into one float vector and back, the numeric
+form secure aggregation and differential privacy need.
 """
 from __future__ import annotations
 
@@ -48,12 +51,48 @@ def fedavg(updates: list[Update]) -> dict[str, torch.Tensor]:
     averaged: dict[str, torch.Tensor] = {}
     for name in first:
         tensors = [torch.as_tensor(np.asarray(update.weights[name])) for update in updates]
-        if tensors[0].is_floating_point():
-            acc = sum(t.double() * (update.samples / total) for t, update in zip(tensors, updates))
-            averaged[name] = acc.to(tensors[0].dtype)
-        else:
-            averaged[name] = torch.stack(tensors).amax(dim=0)
+        mean = sum(t.double() * (update.samples / total) for t, update in zip(tensors, updates))
+        averaged[name] = (mean if tensors[0].is_floating_point() else mean.round()).to(tensors[0].dtype)
     return averaged
+
+
+def batchnorm_keys(model: torch.nn.Module) -> set[str]:
+    """state_dict entries of the model's BatchNorm layers (weights, biases, running statistics)."""
+    return {f"{prefix}.{name}" if prefix else name
+            for prefix, module in model.named_modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+            for name in module.state_dict()}
+
+
+def flatten(models: Mapping[str, Mapping[str, np.ndarray]], floats_only: bool = False) -> np.ndarray:
+    """Every entry of every model, in order, as one float64 vector."""
+    parts = [np.asarray(value, dtype=np.float64).ravel()
+             for weights in models.values() for value in weights.values()
+             if not floats_only or np.asarray(value).dtype.kind == "f"]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def unflatten(vector: np.ndarray, template: Mapping[str, Mapping[str, np.ndarray]],
+              floats_only: bool = False) -> dict[str, Arrays]:
+    """The inverse of ``flatten``: shapes and dtypes from ``template``, whole numbers rounded.
+    With ``floats_only`` the integer entries are taken from ``template`` unchanged."""
+    vector = np.asarray(vector, dtype=np.float64)
+    expected = flatten(template, floats_only).size
+    if vector.size != expected:
+        raise FederationError(f"received {vector.size} numbers for models of {expected}: the sites' "
+                              "students differ. Every site must use the same student_model and student_args.")
+    models, offset = {}, 0
+    for model, weights in template.items():
+        models[model] = {}
+        for name, value in weights.items():
+            value = np.asarray(value)
+            if floats_only and value.dtype.kind != "f":
+                models[model][name] = value.copy()
+                continue
+            chunk = vector[offset:offset + value.size].reshape(value.shape)
+            offset += value.size
+            models[model][name] = (chunk if value.dtype.kind == "f" else np.rint(chunk)).astype(value.dtype)
+    return models
 
 
 def check_updates(updates: list[Update]) -> None:

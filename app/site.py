@@ -6,16 +6,18 @@ between sites:
     site = Site.load(input_dir, output_dir, name)      # every site: config, models, data, dry run
     plan = site.make_plan()                            # coordinator: run plan + initial weights
     site.adopt_plan(plan)                              # every site: same config? same student?
-    update = site.teacher_round(t)                     # every site, per federated teacher round
-    site.apply_teacher(Site.aggregate(updates), t)     #   (only with teacher_rounds > 0)
+    payload = site.teacher_round(t)                    # every site, per federated teacher round
+    site.apply_teacher(site.aggregate(received), t)    #   (only with teacher_rounds > 0)
     site.prepare_teacher()                             # every site: local epochs, accuracy, logits cache
-    update = site.train_round(r)                       # every site, each round
-    global_models = Site.aggregate(updates)            # coordinator, each round
+    payload = site.train_round(r)                      # every site, each round
+    global_models = site.aggregate(received, sites)    # coordinator, each round
     site.apply_global(global_models, r)                # every site: load, evaluate, checkpoint
     results.write_outputs(site, federation)            # every site, at the end
 
-Weights travel as ``{model name: {tensor name: numpy array}}``: "student", and
-"baseline" when the no-teacher baseline is trained alongside it.
+Models travel as ``{model name: {tensor name: numpy array}}`` ("student", and
+"baseline" when the no-teacher baseline is trained alongside it; "teacher" in
+teacher rounds), in the form ``site.wire`` says (plain, secure sum, noised change).
+With FedBN the BatchNorm entries never leave the site.
 """
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ from typing import Callable
 import torch
 
 from app import checkpoint
-from app.aggregation import Update, fedavg, to_arrays, to_state_dict
+from app.aggregation import batchnorm_keys, to_arrays, to_state_dict
 from app.config import KDConfig, differences, load_config
 from app.data import Data, check_compatible, load_dataset
 from app.errors import ConfigError, FederationError
 from app.models import build_model, check_outputs, dry_run, load_weights, state_signature
 from app.training import Evaluation, TrainSettings, compute_logits, evaluate, resolve_device, train_local
+from app.transport import Models, Wire
 
 CONFIG_FILE = "config.yml"
 DRY_RUN_BATCH = 4
@@ -70,6 +73,12 @@ class Site:
         self.models = {"student": student}
         if config.baseline:   # same architecture and initial weights, trained without the teacher
             self.models["baseline"] = copy.deepcopy(student)
+        self.wire = Wire.from_config(config)
+        # FedBN: BatchNorm layers stay local, the rest is averaged
+        self.local_keys = {"teacher": batchnorm_keys(teacher) if config.fedbn else set(),
+                           "student": batchnorm_keys(student) if config.fedbn else set()}
+        self.local_keys["baseline"] = self.local_keys["student"]
+        self.previous: Models = {}   # the global models this round starts from (same at every site)
         self.train = train
         self.test = test
         self.num_classes = num_classes
@@ -160,7 +169,8 @@ class Site:
 
     def adopt_plan(self, plan: dict) -> None:
         """Check this site agrees with the coordinator's plan, then take its initial weights."""
-        theirs = self.config.model_copy(update=plan["config"])
+        theirs = KDConfig.model_validate({**self.config.model_dump(), **plan["config"]},
+                                         context={"require_teacher": False})
         differing = differences(self.config, theirs, ignore=SITE_LOCAL_KEYS)
         if differing:
             raise FederationError(
@@ -177,23 +187,25 @@ class Site:
             raise FederationError(
                 f"site {self.name}'s models output {self.num_classes} classes, the coordinator's "
                 f"{plan['num_classes']}. Use the same model files at every site.")
-        self._load_models(plan["models"])
+        for name, model in self.models.items():
+            model.load_state_dict(to_state_dict(plan["models"][name]))
         if "teacher" in plan:
-            self._load_teacher(plan["teacher"])
+            self.teacher.load_state_dict(to_state_dict(plan["teacher"]))
         self.first_round = plan["first_round"]
 
     # ----------------------------------------------------------------- teacher
-    def teacher_round(self, round_index: int) -> dict:
-        """One local pass of federated teacher training on hard labels; the update to send."""
-        settings = TrainSettings.from_config(self.config)
-        stats = train_local(self.teacher, self.train, settings, round_index=round_index,
-                            device=self.device, role="teacher")
-        return {"models": {"teacher": to_arrays(self.teacher.state_dict())}, "samples": len(self.train),
-                "stats": {"teacher": stats}}
+    def teacher_round(self, round_index: int) -> object:
+        """One local pass of federated teacher training on hard labels; the payload to send."""
+        teacher = {"teacher": self.teacher}
+        if round_index == 0:
+            self.previous = self._shared(teacher)
+        train_local(self.teacher, self.train, TrainSettings.from_config(self.config), round_index=round_index,
+                    device=self.device, role="teacher")
+        return self.wire.encode(self.name, self._shared(teacher), len(self.train), self.previous)
 
-    def apply_teacher(self, global_models: dict, round_index: int) -> float:
+    def apply_teacher(self, global_models: Models, round_index: int) -> float:
         """Load the federated teacher; its accuracy on this site's test set."""
-        self._load_teacher(global_models["teacher"])
+        self._load_global({"teacher": self.teacher}, global_models)
         accuracy = evaluate(self.teacher, self.test, self.num_classes, self.device).accuracy
         self.log(f"teacher round {round_index + 1}/{self.config.teacher_rounds}: "
                  f"global teacher test accuracy {accuracy:.4f}")
@@ -202,7 +214,7 @@ class Site:
     def prepare_teacher(self) -> Evaluation:
         """Train the teacher locally if asked, evaluate it, freeze it and cache its training-set logits."""
         if self.config.teacher_epochs:
-            settings = TrainSettings.from_config(self.config, epochs=self.config.teacher_epochs)
+            settings = TrainSettings.from_config(self.config, epochs=self.config.teacher_epochs, federated=False)
             stats = train_local(self.teacher, self.train, settings, round_index=self.config.teacher_rounds,
                                 device=self.device, role="teacher")
             self.log(f"teacher trained locally for {self.config.teacher_epochs} epochs "
@@ -213,11 +225,12 @@ class Site:
         self.teacher_logits = compute_logits(self.teacher, self.train, self.device)
         self.log(f"teacher: test accuracy {self.teacher_evaluation.accuracy:.4f}; logits of "
                  f"{len(self.train)} training samples cached in {time.perf_counter() - started:.1f}s")
+        self.previous = self._shared(self.models)   # the students' starting point, from the plan
         return self.teacher_evaluation
 
     # ------------------------------------------------------------------ rounds
-    def train_round(self, round_index: int) -> dict:
-        """Local training from the current global models; the update to send."""
+    def train_round(self, round_index: int) -> object:
+        """Local training from the current global models; the payload to send."""
         settings = TrainSettings.from_config(self.config)
         self.last_stats = {"student": train_local(self.student, self.train, settings,
                                                   teacher_logits=self.teacher_logits,
@@ -226,20 +239,15 @@ class Site:
             self.last_stats["baseline"] = train_local(self.models["baseline"], self.train, settings,
                                                       round_index=round_index, device=self.device,
                                                       role="baseline student")
-        return {"models": {name: to_arrays(model.state_dict()) for name, model in self.models.items()},
-                "samples": len(self.train), "stats": self.last_stats}
+        return self.wire.encode(self.name, self._shared(self.models), len(self.train), self.previous)
 
-    @staticmethod
-    def aggregate(updates: dict[str, dict]) -> dict:
-        """FedAvg of every model in the sites' updates (coordinator only); ``updates`` maps site → update."""
-        names = next(iter(updates.values()))["models"]
-        return {name: to_arrays(fedavg([Update(site, update["models"][name], update["samples"])
-                                        for site, update in updates.items()]))
-                for name in names}
+    def aggregate(self, received: object, sites: int) -> Models:
+        """The coordinator's global models from what the controller delivered of ``sites`` sites."""
+        return self.wire.decode(received, self.previous, sites)
 
-    def apply_global(self, global_models: dict, round_index: int) -> dict:
+    def apply_global(self, global_models: Models, round_index: int) -> dict:
         """Load the global models, evaluate them on this site's test set, record the round, checkpoint."""
-        self._load_models(global_models)
+        self._load_global(self.models, global_models)
         self.evaluations = {name: evaluate(model, self.test, self.num_classes, self.device)
                             for name, model in self.models.items()}
         record = {"round": round_index + 1}
@@ -266,12 +274,18 @@ class Site:
                            for row in self.rounds]}
 
     # ----------------------------------------------------------------- helpers
-    def _load_models(self, weights: dict) -> None:
-        for name, model in self.models.items():
-            model.load_state_dict(to_state_dict(weights[name]))
+    def _shared(self, models: dict[str, torch.nn.Module]) -> Models:
+        """The entries of ``models`` that are averaged (all but FedBN's local ones)."""
+        return {name: {key: value for key, value in to_arrays(model.state_dict()).items()
+                       if key not in self.local_keys[name]}
+                for name, model in models.items()}
 
-    def _load_teacher(self, weights: dict) -> None:
-        self.teacher.load_state_dict(to_state_dict(weights))
+    def _load_global(self, models: dict[str, torch.nn.Module], global_models: Models) -> None:
+        for name, model in models.items():
+            state = model.state_dict()
+            state.update(to_state_dict(global_models[name]))   # FedBN's local entries stay
+            model.load_state_dict(state)
+        self.previous = global_models
 
 
 def _as_lists(signature: list) -> list:

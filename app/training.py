@@ -43,14 +43,17 @@ class TrainSettings:
     temperature: float = 2.0
     alpha: float = 0.5
     loss: DistillKind = "kl"
+    proximal_mu: float = 0.0   # FedProx: (mu/2)·‖w − w_start‖² added to the loss when > 0
 
     @classmethod
-    def from_config(cls, config: KDConfig, epochs: int | None = None) -> "TrainSettings":
+    def from_config(cls, config: KDConfig, epochs: int | None = None, federated: bool = True) -> "TrainSettings":
+        """Settings of one local training call; ``federated`` ones get FedProx's term if configured."""
+        mu = config.mu if federated and config.aggregation == "fedprox" else 0.0
         return cls(epochs=config.local_epochs if epochs is None else epochs,
                    batch_size=config.batch_size, learning_rate=config.learning_rate,
                    optimizer=config.optimizer, momentum=config.momentum,
                    weight_decay=config.weight_decay, seed=config.seed,
-                   temperature=config.temperature, alpha=config.alpha, loss=config.loss)
+                   temperature=config.temperature, alpha=config.alpha, loss=config.loss, proximal_mu=mu)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ def train_local(model: nn.Module, data: Data, settings: TrainSettings, *,
         teacher.eval()   # frozen: dropout off, BatchNorm statistics fixed; run under inference_mode
     torch.manual_seed(settings.seed * 7_919 + round_index)   # dropout & co., reproducible per round
     optimizer = make_optimizer(model, settings)
+    # FedProx's anchor: the weights training starts from, i.e. this round's global model.
+    anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad] \
+        if settings.proximal_mu > 0 else []
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
@@ -128,6 +134,8 @@ def train_local(model: nn.Module, data: Data, settings: TrainSettings, *,
                 loss = kd_loss(logits, targets, labels, settings.temperature, settings.alpha, settings.loss)
             else:
                 loss = F.cross_entropy(logits, labels)
+            if anchor:
+                loss = loss + settings.proximal_mu / 2 * sum(((p - start) ** 2).sum() for p, start in anchor)
             if not torch.isfinite(loss):
                 raise TrainingError(_divergence_message(role, loss.item(), settings, round_index, epoch, batch))
             optimizer.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from FeatureCloud.app.engine.app import AppState, State
+from FeatureCloud.app.engine.app import AppState, DPNoisetype, State
 
 from app.checkpoint import write_error
 from app.errors import ERROR_MARKER, KDError
@@ -62,14 +62,37 @@ class KDState(AppState):
     def report(self, message: str, fraction: float) -> None:
         self.update(message=message[:MAX_MESSAGE], progress=min(max(fraction, 0.0), 1.0), state=State.RUNNING)
 
-    def exchange(self, update: dict, memo: str) -> dict:
-        """Send this site's update; the coordinator averages all of them and broadcasts the
-        global models, which every site (the coordinator included) receives and returns."""
-        self.send_data_to_coordinator({**update, "site": self.id}, memo=f"{memo}_update")
+    def exchange(self, payload: object, memo: str) -> dict:
+        """Send this site's update the way the config asks (plain, through the controller's secure
+        sum, with its differential-privacy noise); the coordinator turns what it receives into the
+        global models and broadcasts them; every site, the coordinator included, returns them."""
+        site, update = self.site, f"{memo}_update"
+        wire = site.wire
+        self.send_data_to_coordinator(payload, use_smpc=wire.smpc, use_dp=wire.dp, memo=update)
         if self.is_coordinator:
-            updates = self.gather_data(memo=f"{memo}_update")
-            self.broadcast_data(Site.aggregate({u["site"]: u for u in updates}), memo=f"{memo}_global")
+            received = (self.aggregate_data(use_smpc=True, use_dp=wire.dp, memo=update) if wire.smpc
+                        else self.gather_data(use_dp=wire.dp, memo=update))
+            self.broadcast_data(site.aggregate(received, sites=len(self.clients)), memo=f"{memo}_global")
         return self.await_data(memo=f"{memo}_global")
+
+    def configure_privacy(self) -> None:
+        """Hand the config's SMPC and DP settings to the engine.
+
+        featurecloud 0.1.0's configure_dp rejects every Laplace configuration (it sets delta
+        to 0, then refuses delta <= 0), so Laplace is written into the engine's DP settings
+        directly: exactly the fields configure_dp would have written, validated by our config.
+        """
+        config = self.site.config
+        self.configure_smpc(exponent=config.smpc_exponent)
+        if config.dp is None:
+            return
+        dp = config.dp
+        if dp.noise == "gauss":
+            self.configure_dp(epsilon=dp.epsilon, delta=dp.delta, clippingVal=dp.clipping,
+                              noisetype=DPNoisetype.GAUSS)
+        else:
+            self._app.default_dp.update(serialization="json", noisetype=DPNoisetype.LAPLACE.value,
+                                        epsilon=dp.epsilon, delta=0.0, sensitivity=None, clippingVal=dp.clipping)
 
     @staticmethod
     def site_log(message: str) -> None:

@@ -27,6 +27,7 @@ class InitialState(KDState):
         self.report("checking config, models, data", 0.0)
         site = Site.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.site_log)
         self.store("site", site)
+        self.configure_privacy()
         if self.is_coordinator:
             self.broadcast_data(site.make_plan(), memo="plan")
         site.adopt_plan(self.await_data(memo="plan"))

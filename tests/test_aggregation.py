@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from app.aggregation import Update, fedavg, to_arrays, to_state_dict
+from app.aggregation import Update, batchnorm_keys, fedavg, flatten, to_arrays, to_state_dict, unflatten
 from app.errors import FederationError
 
 
@@ -28,12 +28,13 @@ def test_weighted_average_of_parameters_and_float_buffers():
         assert averaged[name].dtype == torch.float32
 
 
-def test_integer_counters_stay_integers_and_take_the_largest():
+@pytest.mark.parametrize("samples, expected", [((10, 30), 3), ((30, 10), 2)])
+def test_integer_counters_are_averaged_but_stay_whole_numbers(samples, expected):
     nets = [bn_net(0), bn_net(1)]
     nets[1](torch.randn(8, 4))   # one more batch: counter 3 instead of 2
-    updates = [Update(f"s{i}", to_arrays(n.state_dict()), 10) for i, n in enumerate(nets)]
+    updates = [Update(f"s{i}", to_arrays(n.state_dict()), k) for i, (n, k) in enumerate(zip(nets, samples))]
     counter = fedavg(updates)["1.num_batches_tracked"]
-    assert counter.dtype == torch.int64 and counter.item() == 3
+    assert counter.dtype == torch.int64 and counter.item() == expected   # 2.75 -> 3, 2.25 -> 2
 
 
 def test_single_update_is_returned_unchanged_and_loads_into_the_model():
@@ -83,3 +84,35 @@ def test_empty_site_is_rejected():
 def test_no_updates():
     with pytest.raises(FederationError, match="no site sent an update"):
         fedavg([])
+
+
+def test_flatten_round_trip_keeps_shapes_dtypes_and_order():
+    models = {"student": to_arrays(bn_net(0).state_dict()), "baseline": to_arrays(bn_net(1).state_dict())}
+    vector = flatten(models)
+    assert vector.dtype == np.float64 and vector.size == sum(v.size for m in models.values() for v in m.values())
+    back = unflatten(vector, models)
+    for model, weights in models.items():
+        assert list(back[model]) == list(weights)
+        for name, value in weights.items():
+            assert back[model][name].dtype == value.dtype
+            np.testing.assert_array_equal(back[model][name], value)
+
+
+def test_floats_only_leaves_counters_to_the_template():
+    models = {"student": to_arrays(bn_net(0).state_dict())}
+    vector = flatten(models, floats_only=True)
+    assert vector.size == sum(v.size for v in models["student"].values()) - 1   # num_batches_tracked
+    back = unflatten(vector + 1.0, models, floats_only=True)
+    assert back["student"]["1.num_batches_tracked"] == models["student"]["1.num_batches_tracked"]
+    np.testing.assert_allclose(back["student"]["0.bias"], models["student"]["0.bias"] + 1.0)
+
+
+def test_a_vector_of_the_wrong_length_is_a_federation_error():
+    models = {"student": to_arrays(bn_net(0).state_dict())}
+    with pytest.raises(FederationError, match="the sites' students differ"):
+        unflatten(np.zeros(3), models)
+
+
+def test_batchnorm_keys_are_exactly_the_batchnorm_entries():
+    assert batchnorm_keys(bn_net(0)) == {"1.weight", "1.bias", "1.running_mean", "1.running_var",
+                                         "1.num_batches_tracked"}

@@ -1,17 +1,20 @@
 """One site's whole life without communication, on small real MNIST."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from app.aggregation import batchnorm_keys, flatten
 from app.errors import ConfigError, FederationError
 from app.results import write_outputs
 from app.site import Site
+from app.testbed.privacy import smpc_sum
 from tests.conftest import site_input
 
 
-def load(tmp_path, name="c1", source="c1", **overrides):
-    folder = site_input(tmp_path / f"in_{name}", source=source, **overrides)
+def load(tmp_path, name="c1", source="c1", n_train=600, **overrides):
+    folder = site_input(tmp_path / f"in_{name}", source=source, n_train=n_train, **overrides)
     return Site.load(folder, tmp_path / f"out_{name}", name, log=lambda message: None)
 
 
@@ -25,8 +28,8 @@ def test_two_sites_agree_train_aggregate_and_write_every_output(tmp_path):
     assert not (tmp_path / "out_c1" / "unfinished").exists()
     assert all(torch.equal(initial[k], v) for k, v in sites[0].student.state_dict().items())
     for round_index in range(2):
-        updates = {site.name: site.train_round(round_index) for site in sites}
-        global_weights = Site.aggregate(updates)
+        payloads = [site.train_round(round_index) for site in sites]
+        global_weights = sites[0].aggregate(payloads, sites=2)
         for site in sites:
             site.apply_global(global_weights, round_index)
     assert [r["round"] for r in sites[0].rounds] == [1, 2]
@@ -52,7 +55,7 @@ def test_teacher_runs_only_to_cache_its_logits_and_evaluate(tmp_path):
     site.prepare_teacher()
     assert sum(calls) == len(site.train) + len(site.test)
     for round_index in range(3):
-        site.apply_global(Site.aggregate({"c1": site.train_round(round_index)}), round_index)
+        site.apply_global(site.aggregate([site.train_round(round_index)], sites=1), round_index)
     assert sum(calls) == len(site.train) + len(site.test)   # no teacher call during the rounds
 
 
@@ -88,3 +91,54 @@ def test_missing_teacher_weights_is_a_config_error(tmp_path):
 def test_files_outside_the_input_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="train_dataset: '../secret.npz' — must name a file inside the input folder"):
         load(tmp_path, train_dataset="../secret.npz")
+
+
+def federate_locally(sites, rounds, deliver):
+    """Rounds of the whole federation in one process; ``deliver`` plays the controller."""
+    plan = sites[0].make_plan()
+    for site in sites:
+        site.adopt_plan(plan)
+        site.prepare_teacher()
+    aggregates = []
+    for round_index in range(rounds):
+        payloads = [site.train_round(round_index) for site in sites]
+        aggregates.append(sites[0].aggregate(deliver(payloads), sites=len(sites)))
+        for site in sites:
+            site.apply_global(aggregates[-1], round_index)
+    return aggregates
+
+
+def test_secure_sum_gives_plain_fedavg_within_the_fixed_point_precision(tmp_path):
+    plain = [load(tmp_path / "plain", f"c{i}", f"c{i}", n_train=300 + 200 * i) for i in (1, 2)]
+    secure = [load(tmp_path / "smpc", f"c{i}", f"c{i}", n_train=300 + 200 * i, use_smpc=True) for i in (1, 2)]
+    expected = federate_locally(plain, 1, lambda payloads: payloads)
+    got = federate_locally(secure, 1, lambda payloads: smpc_sum(payloads, exponent=8))
+    for name, value in expected[0]["student"].items():
+        np.testing.assert_allclose(got[0]["student"][name], value, rtol=0, atol=1e-6)
+        assert got[0]["student"][name].dtype == value.dtype
+
+
+def test_differential_privacy_sends_the_round_change_and_adds_the_mean_change(tmp_path):
+    sites = [load(tmp_path, f"c{i}", f"c{i}", dp={"epsilon": 1.0, "clipping": 1.0}) for i in (1, 2)]
+    seen = {}
+
+    def controller(payloads):   # no noise here: the test-bed's noise is tested with the test-bed
+        seen.update(start=flatten(sites[0].previous, floats_only=True), sent=payloads)
+        return payloads
+    aggregates = federate_locally(sites, 1, controller)
+    assert all(len(change) == len(seen["start"]) for change in seen["sent"])
+    local = [seen["start"] + np.asarray(change) for change in seen["sent"]]
+    np.testing.assert_allclose(flatten(aggregates[0], floats_only=True), np.mean(local, axis=0), atol=1e-6)
+
+
+def test_fedbn_keeps_batchnorm_local_and_averages_the_rest(tmp_path):
+    sites = [load(tmp_path, f"c{i}", f"c{i}", fedbn=True) for i in (1, 2)]
+    federate_locally(sites, 2, lambda payloads: payloads)
+    first, second = (site.student.state_dict() for site in sites)
+    batchnorm = batchnorm_keys(sites[0].student)
+    assert batchnorm and all(key.startswith("body.1.") or key.startswith("body.5.") for key in batchnorm)
+    for key, value in first.items():
+        if key in batchnorm and value.is_floating_point():
+            assert not torch.equal(value, second[key]), key
+        elif key not in batchnorm:
+            assert torch.equal(value, second[key]), key

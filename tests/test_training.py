@@ -133,3 +133,49 @@ def test_explicit_cuda_without_gpu_is_a_config_error():
     with pytest.raises(ConfigError, match="device: 'cuda' — no CUDA GPU is visible"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_fedprox_with_mu_zero_is_plain_training():
+    data = blobs()
+    plain, prox = net(), net()
+    train_local(plain, data, TrainSettings(epochs=2, batch_size=32, learning_rate=0.01))
+    train_local(prox, data, TrainSettings(epochs=2, batch_size=32, learning_rate=0.01, proximal_mu=0.0))
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in prox.state_dict().items())
+
+
+def test_fedprox_keeps_the_local_model_closer_to_where_it_started():
+    data = blobs()
+    start = weights(net())
+    distances = {}
+    for mu in (0.0, 1.0):
+        model = net()
+        train_local(model, data, TrainSettings(epochs=3, batch_size=32, learning_rate=0.01, proximal_mu=mu))
+        distances[mu] = sum(((model.state_dict()[k] - v) ** 2).sum() for k, v in start.items()).sqrt()
+    assert distances[1.0] < 0.8 * distances[0.0]
+
+
+def test_proximal_term_adds_to_the_distillation_loss():
+    """Two SGD steps of train_local equal a hand-written loop on alpha·KD + (1−alpha)·CE + mu/2·‖w − w0‖²."""
+    data = blobs(n=64)
+    teacher_logits = torch.randn(64, 3)
+    settings = TrainSettings(epochs=1, batch_size=32, learning_rate=0.1, optimizer="sgd", momentum=0.0,
+                             alpha=0.6, temperature=2.0, proximal_mu=0.5)
+    model, reference = net(), net()
+    train_local(model, data, settings, teacher_logits=teacher_logits)
+
+    start = [p.detach().clone() for p in reference.parameters()]
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))   # epoch_generator(0, 0, 0)
+    for indices in order.split(32):
+        s = reference(data.images[indices])
+        soft_t = torch.softmax(teacher_logits[indices] / 2.0, dim=1)
+        kl = (soft_t * (soft_t.log() - torch.log_softmax(s / 2.0, dim=1))).sum(dim=1).mean() * 4.0
+        ce = torch.nn.functional.cross_entropy(s, data.labels[indices])
+        prox = sum(((p - p0) ** 2).sum() for p, p0 in zip(reference.parameters(), start))
+        total = 0.6 * kl + 0.4 * ce + 0.25 * prox
+        reference.zero_grad()
+        total.backward()
+        with torch.no_grad():
+            for p in reference.parameters():
+                p -= 0.1 * p.grad
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,60 @@
+"""How a round's update travels to the coordinator, and how it becomes the global model.
+
+- plain: each site sends its models and sample count (pickled); the coordinator
+  runs FedAvg weighted by samples.
+- secure aggregation (SMPC): each site, the coordinator included, sends one
+  numeric vector ``[n·weights..., n]``; the controller adds the vectors of all
+  sites in fixed point and hands the coordinator only the sum, which it divides
+  by its last entry (Σn). No single site's model is ever seen.
+- differential privacy (DP): each site sends the change of its float weights in
+  this round, ``local − global``; the controller clips that vector's norm to
+  ``dp.clipping`` and adds noise before anyone else sees it. The coordinator adds
+  the sites' mean change to the previous global model. Sample counts would have
+  to be noised as well, so under DP the sites weigh equally, and integer counters
+  (BatchNorm's ``num_batches_tracked``) keep their previous global values.
+  With SMPC and DP together, the noised changes are summed securely.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.aggregation import Arrays, Update, fedavg, flatten, to_arrays, unflatten
+from app.config import KDConfig
+
+Models = dict[str, Arrays]   # model name ("student", "baseline", "teacher") → its shared entries
+
+
+@dataclass(frozen=True)
+class Wire:
+    smpc: bool = False
+    dp: bool = False
+
+    @classmethod
+    def from_config(cls, config: KDConfig) -> "Wire":
+        return cls(smpc=config.use_smpc, dp=config.dp is not None)
+
+    def encode(self, site: str, models: Models, samples: int, previous: Models) -> Any:
+        """What a site sends for ``models`` trained on ``samples`` samples from ``previous``."""
+        if not (self.smpc or self.dp):
+            return {"site": site, "models": models, "samples": samples}
+        if self.dp:
+            return (flatten(models, floats_only=True) - flatten(previous, floats_only=True)).tolist()
+        return np.append(flatten(models) * samples, samples).tolist()
+
+    def decode(self, received: Any, previous: Models, sites: int) -> Models:
+        """The global models from what the controller delivered to the coordinator: a list of
+        updates (plain, DP) or one summed vector (SMPC)."""
+        if not (self.smpc or self.dp):
+            return {name: to_arrays(fedavg([Update(update["site"], update["models"][name], update["samples"])
+                                            for update in received]))
+                    for name in previous}
+        if self.dp:
+            total = np.asarray(received, dtype=np.float64) if self.smpc \
+                else np.sum([np.asarray(change, dtype=np.float64) for change in received], axis=0)
+            mean_change = total / sites
+            return unflatten(flatten(previous, floats_only=True) + mean_change, previous, floats_only=True)
+        summed = np.asarray(received, dtype=np.float64)
+        return unflatten(summed[:-1] / summed[-1], previous)
