@@ -3,17 +3,21 @@ driven over HTTP by the local test-bed, on small real MNIST sites."""
 import io
 import json
 import math
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 import yaml
 
 from app.testbed.controller import run_federation
+from app.testbed.launcher import LocalProcessLauncher
 from tests.conftest import REPO, SECTION
 
 pytestmark = pytest.mark.slow
@@ -125,3 +129,40 @@ def test_the_container_entry_serves_the_featurecloud_api(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+class RecordingLauncher(LocalProcessLauncher):
+    """The real local launcher, remembering what it started."""
+
+    def __init__(self):
+        super().__init__(REPO / "main.py")
+        self.started = {}
+
+    def start(self, spec):
+        client = super().start(spec)
+        self.started[spec.id] = (spec, client)
+        return client
+
+
+def test_a_site_killed_mid_run_ends_the_run_quickly_and_the_others_keep_their_checkpoint(
+        tmp_path, small_federation):
+    generic, clients = small_federation(max_iter=30, batch_size=32)
+    launcher = RecordingLauncher()
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_federation, clients, generic, tmp_path / "out", launcher=launcher, out=io.StringIO())
+        deadline = time.monotonic() + 120
+        while "site2" not in launcher.started or not (
+                launcher.started["site2"][0].output_dir / "unfinished" / "checkpoint.pt").exists():
+            assert time.monotonic() < deadline and not run.done(), "round 1 never finished"
+            time.sleep(0.05)
+        os.kill(launcher.started["site2"][1].pid, signal.SIGKILL)
+        killed = time.monotonic()
+        result = run.result(timeout=60)
+    assert time.monotonic() - killed < 30
+    assert not result.ok and result.failed_site == "site2"
+    assert result.message.startswith("site site2: process exited with code -9")
+    for spec, client in launcher.started.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(client.pid, 0)   # no client left behind
+    saved = torch.load(tmp_path / "out" / "site1.failed" / "unfinished" / "checkpoint.pt", weights_only=True)
+    assert saved["round"] >= 1 and "student" in saved   # the rounds done so far are not lost
