@@ -30,6 +30,7 @@ SUPPORTED = ".pt, .pth, .npz, or a folder with one sub-folder of images per clas
 # channel counts in the last dimension.
 _CHANNEL_COUNTS = (1, 3, 4)
 _GRAYSCALE_MODES = ("1", "L", "LA")
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")   # a zip archive with files, an empty one
 _LABELS_HINT = "Fix the labels array: it must hold whole numbers 0..K-1, one per image."
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -223,6 +224,10 @@ def _unreadable(name: str, reason: str) -> DataError:
 
 def _load_npz(path: Path, name: str) -> TensorData:
     try:
+        with open(path, "rb") as handle:
+            start = handle.read(len(_ZIP_MAGIC[0]))
+        if start not in _ZIP_MAGIC:   # np.load would take it for a pickle and suggest loading it unsafely
+            raise ValueError("it is not a zip archive, which every .npz file is")
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as error:  # np.load fails in many ways (BadZipFile, zlib.error, ValueError...)
@@ -372,9 +377,11 @@ def _images_tensor(images: torch.Tensor, name: str) -> torch.Tensor:
         images = images.to(torch.float32).div_(255)
     else:
         images = images.to(torch.float32)
-    bad = int((~torch.isfinite(images)).sum())
+    not_finite = ~torch.isfinite(images)
+    bad = int(not_finite.sum())
     if bad:
-        raise DataError(f"{name}: images contain {bad} NaN or infinite values. "
+        first = int(not_finite.flatten(1).any(dim=1).nonzero()[0])
+        raise DataError(f"{name}: images contain {bad} NaN or infinite values, the first in image {first}. "
                         "Replace them with finite numbers or drop those images.")
     return images.contiguous()
 

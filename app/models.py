@@ -393,7 +393,9 @@ def check_outputs(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
             raise ModelError(
                 f"{role}_model '{file}': outputs {k} classes, but the labels go up to "
                 f"{num_classes_in_labels - 1} ({num_classes_in_labels} classes). Change the output size of "
-                f"{file} (its last layer, e.g. num_classes in {role}_args) to {num_classes_in_labels}.")
+                f"{file} (its last layer, e.g. num_classes in {role}_args) to {num_classes_in_labels}. If label "
+                f"{num_classes_in_labels - 1} is a mistake instead, fix the labels in train_dataset and "
+                f"test_dataset (0..{k - 1} for this model).")
     (teacher_file, k_teacher), (student_file, k_student) = outputs.values()
     if k_teacher != k_student:
         # The student is the model being trained here; the teacher may come with trained weights.
