@@ -1,7 +1,9 @@
 """`simulate`: run a whole federation on this machine, like `featurecloud test start`.
 
     python main.py simulate --client-dirs A,B[,C] --generic-dir G --output-dir OUT
-                            [--query-interval S] [--dp-seed N] [--timeout S]
+                            [--query-interval S] [--dp-seed N] [--timeout S] [--image NAME:TAG]
+
+With --image every client runs in a container of that (local) image instead of a process.
 
 Exit code 0 on success, 1 when the run fails (`site <id>: <message>` on stderr),
 2 when the command itself is wrong.
@@ -14,9 +16,12 @@ from pathlib import Path
 from typing import Callable
 
 from app.testbed.controller import Timeouts, run_federation
+from app.testbed.docker import DockerLauncher
 from app.testbed.sites import UsageError
 
 APP_ENTRY = Path(__file__).resolve().parents[2] / "main.py"
+# Containers start nginx, then import torch, several at once on a shared machine: give them longer.
+CONTAINER_START_TIMEOUT = 120.0
 
 Summary = Callable[[dict[str, Path]], None]
 
@@ -31,9 +36,13 @@ def main(argv: list[str], *, entry: Path = APP_ENTRY, summary: Summary | None = 
         return int(exit_.code or 0)
     try:
         client_dirs = _client_dirs(args.client_dirs)
+        timeouts = Timeouts(run=args.timeout)
+        if args.image:
+            timeouts = Timeouts(run=args.timeout, start=CONTAINER_START_TIMEOUT)
+        launcher = DockerLauncher(args.image, start_timeout=timeouts.start) if args.image else None
         result = run_federation(client_dirs, args.generic_dir, args.output_dir, args.entry,
                                 query_interval=args.query_interval, dp_seed=args.dp_seed,
-                                timeouts=Timeouts(run=args.timeout))
+                                timeouts=timeouts, launcher=launcher)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -49,7 +58,8 @@ def main(argv: list[str], *, entry: Path = APP_ENTRY, summary: Summary | None = 
 
 def _parser(entry: Path) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py simulate",
-                                     description="Run a whole federation locally, one process per client.")
+                                     description="Run a whole federation locally, one process (or container) "
+                                                 "per client.")
     parser.add_argument("--client-dirs", required=True,
                         help="comma-separated client folders; the first client is the coordinator")
     parser.add_argument("--generic-dir", type=Path, default=None,
@@ -61,6 +71,9 @@ def _parser(entry: Path) -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=None, help="fail the run after this many seconds")
     parser.add_argument("--entry", type=Path, default=entry,
                         help=f"the app's entry script, run as '<entry> serve ...' per client (default {entry})")
+    parser.add_argument("--image", default=None, metavar="NAME:TAG",
+                        help="run each client in a container of this local Docker image (never pulled) instead "
+                             "of a process; containers are labelled fc-knowledge-distillation.testbed")
     return parser
 
 

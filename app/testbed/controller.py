@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,7 +193,8 @@ class _Federation:
             except Unreachable:
                 pass
             except BadAnswer as error:
-                raise SiteFailure(client.id, f"{error} during start-up; see {client.site.log_path}") from error
+                if not _proxy_waiting_for_app(error):
+                    raise SiteFailure(client.id, f"{error} during start-up; see {client.site.log_path}") from error
             if time.monotonic() > deadline:
                 raise SiteFailure(client.id, f"did not answer GET /status within {self.timeouts.start:g} s "
                                              f"of starting; last lines of {client.site.log_path}:\n"
@@ -313,6 +315,12 @@ class _Federation:
 
     def _say(self, line: str, site: str = "testbed") -> None:
         print(f"[{site:<{self.id_width}}] {line}", file=self.out, flush=True)
+
+
+def _proxy_waiting_for_app(error: BadAnswer) -> bool:
+    """A proxy in front of the client (nginx in the app's container) answers 502-504 until the app listens."""
+    cause = error.__cause__
+    return isinstance(cause, urllib.error.HTTPError) and cause.code in (502, 503, 504)
 
 
 def _summary(status: Status) -> str:
