@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from app.testbed.cli import main as simulate
+from app.testbed.cli import CONTAINER_START_TIMEOUT, main as simulate
 from app.testbed.controller import FederationResult, Timeouts, run_federation
 from app.testbed.docker import LABEL, ContainerClient, DockerLauncher
 from app.testbed.launcher import ClientSpec
@@ -93,7 +93,7 @@ def in_background(call, *args, **kwargs) -> Future:
 
 def federate(clients: list[Path], generic: Path, output: Path, launcher: DockerLauncher,
              out: io.StringIO | None = None, **options) -> FederationResult:
-    options.setdefault("timeouts", Timeouts(start=120, run=RUN_TIMEOUT))
+    options.setdefault("timeouts", Timeouts(start=CONTAINER_START_TIMEOUT, run=RUN_TIMEOUT))
     return run_federation(clients, generic, output, launcher=launcher, out=out or io.StringIO(), **options)
 
 
