@@ -1,0 +1,325 @@
+"""Label skew: what non-IID sites cost the federated student, FedAvg against FedProx.
+
+On real MNIST, 3 sites distill the sample teacher into the sample student. Their training
+images are split IID, Dirichlet(0.5) or Dirichlet(0.1) by label (the splits of
+``scripts/make_sample_data.py``) and the sites' students are combined by FedAvg or FedProx;
+a centralized distillation on the pooled images of the same 3 sites is the reference.
+Every final student is scored on one common test set (MNIST t10k) and on the sites' own
+test sets, which are skewed like their training sets.
+
+The federation runs in this process with the app's ``Site`` objects: training, payloads
+and aggregation are the app's own, only the HTTP transport between sites is skipped.
+
+    python bench/noniid.py [--per-site 5000] [--rounds 10] [--mu 0.1]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))   # run as a script from anywhere: `app` lives in the repo root
+
+from app.aggregation import flatten, to_arrays  # noqa: E402
+from app.api import distill  # noqa: E402
+from app.config import SECTION  # noqa: E402
+from app.data import TensorData  # noqa: E402
+from app.idx import read_idx  # noqa: E402
+from app.models import build_model, load_weights  # noqa: E402
+from app.site import Site  # noqa: E402
+from app.training import evaluate  # noqa: E402
+from bench.kd_throughput import _idx_file, _positive  # noqa: E402
+from scripts.make_sample_data import split_clients  # noqa: E402
+
+DEFAULT_MNIST = Path("/work/shared/datasets/mnist")
+DEFAULT_RESULTS = ROOT / "bench" / "results" / "noniid.txt"
+SAMPLE = ROOT / "sample_data"
+# The sample teacher was trained on the first 30,000 images of this permutation of the MNIST
+# training set (make_sample_data.py's defaults): the sites get only the other 30,000.
+TEACHER_SEED, TEACHER_IMAGES = 0, 30_000
+
+Arrays = tuple[np.ndarray, np.ndarray]   # images uint8 [N, 28, 28], labels int64 [N]
+Deliver = Callable[[list[object], int], object]   # the controller: the round's payloads → what the coordinator gets
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The images sites may receive, the test images, and where both came from."""
+
+    train: Arrays
+    test: Arrays
+    source: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One run: the final global student's accuracies, its weights and the run's seconds."""
+
+    label: list[str]
+    common: float                # on the common test set
+    sites: list[float]           # on each site's own test set
+    seconds: float
+    weights: np.ndarray | None   # the final global student, flattened (None for the centralized run)
+    finite: bool = True          # whether the final student's test losses were finite (no NaN outputs)
+
+
+# --------------------------------------------------------------------------- data
+
+def load_pool(mnist_dir: Path, sample_dir: Path) -> Pool:
+    """MNIST training images the sample teacher did not see, and t10k; else the sample sites' data."""
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+    files = [_idx_file(mnist_dir, stem) for stem in stems]
+    if all(files):
+        images, labels, test_images, test_labels = (read_idx(f) for f in files)
+        unseen = np.random.default_rng(TEACHER_SEED).permutation(len(labels))[TEACHER_IMAGES:]
+        return Pool((images[unseen], labels[unseen].astype(np.int64)),
+                    (test_images, test_labels.astype(np.int64)),
+                    f"real MNIST from {mnist_dir}: the {len(unseen):,} training images the sample teacher did not "
+                    f"see; common test set: all {len(test_labels):,} t10k images")
+    folders = sorted(f for f in sample_dir.glob("c*") if (f / "train.npz").is_file() and (f / "test.npz").is_file())
+    if not folders:
+        raise SystemExit(
+            f"noniid: no MNIST in {mnist_dir} (looked for {', '.join(stems)}, optionally .gz) and no sample "
+            f"sites {sample_dir}/c*/train.npz + test.npz. Pass --mnist-dir with the folder holding the MNIST "
+            f"IDX files, or create the sample data with scripts/make_sample_data.py.")
+    train, test = (concatenate([read_npz(f / name) for f in folders]) for name in ("train.npz", "test.npz"))
+    names = ", ".join(f.name for f in folders)
+    return Pool(train, test, f"NO MNIST in {mnist_dir}: falling back to the sample sites {names} in {sample_dir} "
+                             f"({len(train[1]):,} training images re-split here; common test set: their "
+                             f"{len(test[1]):,} test images)")
+
+
+def read_npz(path: Path) -> Arrays:
+    with np.load(path) as archive:
+        return archive["images"], archive["labels"].astype(np.int64)
+
+
+def concatenate(parts: list[Arrays]) -> Arrays:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def split_sites(pool: Pool, alpha: float | None, sites: int, per_site: int, per_site_test: int,
+                seed: int) -> list[tuple[Arrays, Arrays]]:
+    """Each site's (train, test) arrays: IID when ``alpha`` is None, else Dirichlet(alpha) label skew
+    (a site's test set skewed like its training set), exactly as make_sample_data.py splits."""
+    settings = argparse.Namespace(clients=sites, split="iid" if alpha is None else "dirichlet",
+                                  dirichlet_alpha=alpha, train_per_client=per_site,
+                                  test_per_client=per_site_test, seed=seed)
+    train_parts, test_parts = split_clients(settings, pool.train[1], pool.test[1])
+    return [((pool.train[0][tr], pool.train[1][tr]), (pool.test[0][te], pool.test[1][te]))
+            for tr, te in zip(train_parts, test_parts)]
+
+
+def as_data(arrays: Arrays, name: str) -> TensorData:
+    return TensorData(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]), name=name)
+
+
+# --------------------------------------------------------------------------- sites
+
+def generic_settings(generic: Path) -> dict:
+    """The sample federation's config.yml section."""
+    return yaml.safe_load((generic / "config.yml").read_text())[SECTION]
+
+
+def write_site(folder: Path, generic: Path, settings: dict, train: Arrays, test: Arrays) -> Path:
+    """A site's input folder as the platform assembles it: the generic files, its config, its data."""
+    folder.mkdir(parents=True)
+    for item in generic.iterdir():
+        if item.is_file():
+            shutil.copy(item, folder / item.name)
+    (folder / "config.yml").write_text(yaml.safe_dump({SECTION: settings}, sort_keys=False))
+    for name, (images, labels) in (("train.npz", train), ("test.npz", test)):
+        np.savez(folder / name, images=images, labels=labels)
+    return folder
+
+
+def load_sites(folders: list[Path], output_root: Path) -> list[Site]:
+    return [Site.load(folder, output_root / folder.name, folder.name, log=lambda message: None)
+            for folder in folders]
+
+
+def federate(sites: list[Site], deliver: Deliver) -> None:
+    """The whole federation in one process, the first site coordinating; ``deliver`` plays the
+    controller (plain: hand the payloads over as they are; SMPC: sum them; DP: noise them)."""
+    plan = sites[0].make_plan()
+    for site in sites:
+        site.adopt_plan(plan)
+        site.prepare_teacher()
+    for round_index in range(sites[0].config.max_iter):
+        payloads = [site.train_round(round_index) for site in sites]
+        global_models = sites[0].aggregate(deliver(payloads, round_index), sites=len(sites))
+        for site in sites:
+            site.apply_global(global_models, round_index)
+
+
+def hand_over(payloads: list[object], round_index: int) -> list[object]:
+    """The controller without SMPC or DP: every payload reaches the coordinator unchanged."""
+    return payloads
+
+
+# --------------------------------------------------------------------------- runs
+
+def run_federated(label: list[str], parts: list[tuple[Arrays, Arrays]], settings: dict, generic: Path,
+                  workdir: Path, common: TensorData | None = None,
+                  controller: Callable[[list[Site]], Deliver] = lambda sites: hand_over) -> Outcome:
+    """One federation of sites holding ``parts``; ``controller(sites)`` gives what plays the controller.
+    Without a ``common`` test set the common accuracy is that on all the sites' test images."""
+    started = time.perf_counter()
+    folders = [write_site(workdir / f"site{i + 1}", generic, settings, train, test)
+               for i, (train, test) in enumerate(parts)]
+    sites = load_sites(folders, workdir / "out")
+    federate(sites, controller(sites))
+    evaluations = [site.evaluations["student"] for site in sites]
+    accuracy = evaluate(sites[0].student, common, sites[0].num_classes).accuracy if common is not None \
+        else sum(e.accuracy * e.samples for e in evaluations) / sum(e.samples for e in evaluations)
+    return Outcome(label, accuracy, [e.accuracy for e in evaluations], time.perf_counter() - started,
+                   flatten({"student": to_arrays(sites[0].student.state_dict())}),
+                   all(math.isfinite(e.loss) for e in evaluations))
+
+
+def run_centralized(label: list[str], parts: list[tuple[Arrays, Arrays]], settings: dict, generic: Path,
+                    common: TensorData, workdir: Path) -> Outcome:
+    """Distillation on the pooled training images of the sites, as many epochs as the federation's
+    rounds × local epochs, from the same teacher and the same initial student (``Site.load``)."""
+    started = time.perf_counter()
+    pooled = concatenate([train for train, _ in parts])
+    folder = write_site(workdir / "pooled", generic, settings, pooled, parts[0][1])
+    site = load_sites([folder], workdir / "out")[0]
+    config = site.config
+    distill(site.teacher, site.student, site.train, epochs=config.max_iter * config.local_epochs,
+            temperature=config.temperature, alpha=config.alpha, loss=config.loss, batch_size=config.batch_size,
+            learning_rate=config.learning_rate, optimizer=config.optimizer, momentum=config.momentum,
+            weight_decay=config.weight_decay, seed=config.seed, device=config.device)
+    own = [evaluate(site.student, as_data(test, "site test"), site.num_classes).accuracy for _, test in parts]
+    return Outcome(label, evaluate(site.student, common, site.num_classes).accuracy, own,
+                   time.perf_counter() - started, None)
+
+
+def teacher_on(data: TensorData, generic: Path, settings: dict) -> float:
+    """The sample teacher's accuracy on ``data``."""
+    teacher = build_model(generic / settings["teacher_model"], settings.get("teacher_args", {}), "teacher_model")
+    load_weights(teacher, generic / settings["teacher_weights"])
+    return evaluate(teacher, data, data.num_classes_seen).accuracy
+
+
+# --------------------------------------------------------------------------- report
+
+def table(columns: list[str], rows: list[list[str]], labels: int) -> list[str]:
+    """A text table; the first ``labels`` columns are left-aligned, the others (numbers) right-aligned."""
+    widths = [max(len(row[i]) for row in [columns, *rows]) + 2 for i in range(len(columns))]
+    return ["".join(text.ljust(w) if i < labels else text.rjust(w) for i, (text, w) in enumerate(zip(row, widths)))
+            .rstrip() for row in [columns, *rows]]
+
+
+def accuracies(outcome: Outcome) -> list[str]:
+    """The common accuracy, the sites' mean and each site's accuracy, formatted."""
+    return [f"{value:.4f}" for value in (outcome.common, float(np.mean(outcome.sites)), *outcome.sites)]
+
+
+def describe_split(name: str, parts: list[tuple[Arrays, Arrays]]) -> str:
+    counts = "; ".join(f"site{i + 1} {len(train[1])}: {np.bincount(train[1], minlength=10).tolist()}"
+                       for i, (train, _) in enumerate(parts))
+    return f"  {name:<14} {counts}"
+
+
+def run_all(args: argparse.Namespace) -> list[str]:
+    pool = load_pool(args.mnist_dir, args.sample_dir)
+    generic = args.sample_dir / "generic"
+    # Fewer images than asked when the pool is small (the sample-data fallback): IID needs them all.
+    per_site = min(args.per_site, len(pool.train[1]) // args.sites)
+    per_site_test = min(args.per_site_test, len(pool.test[1]) // args.sites)
+    common = as_data(pool.test, "common test set")
+    base = {**generic_settings(generic), "max_iter": args.rounds, "seed": args.seed}
+    strategies = {"FedAvg": {"aggregation": "fedavg"}, "FedProx": {"aggregation": "fedprox", "mu": args.mu}}
+    splits = {"IID": None, **{f"Dirichlet {alpha:g}": alpha for alpha in args.alphas}}
+    outcomes, described = [], []
+    with tempfile.TemporaryDirectory(prefix="noniid-") as scratch:
+        for split_name, alpha in splits.items():
+            parts = split_sites(pool, alpha, args.sites, per_site, per_site_test, args.seed)
+            described.append(describe_split(split_name, parts))
+            for strategy, overrides in strategies.items():
+                workdir = Path(scratch) / f"{split_name}-{strategy}".replace(" ", "_")
+                outcomes.append(run_federated([split_name, strategy], parts, {**base, **overrides}, generic,
+                                              workdir, common))
+                print(f"  done: {split_name}, {strategy} ({outcomes[-1].seconds:.0f}s)", file=sys.stderr)
+            outcomes.append(run_centralized([split_name, "centralized"], parts, base, generic, common,
+                                            Path(scratch) / f"{split_name}-central".replace(" ", "_")))
+            print(f"  done: {split_name}, centralized ({outcomes[-1].seconds:.0f}s)", file=sys.stderr)
+    teacher_accuracy = teacher_on(common, generic, base)
+    header = [
+        f"Non-IID label skew, {datetime.datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)",
+        f"data: {pool.source}",
+        f"{args.sites} sites, up to {per_site:,} training and {per_site_test:,} test images each "
+        f"({args.per_site:,}/{args.per_site_test:,} requested); {args.rounds} rounds of "
+        f"{base['local_epochs']} local epoch(s); FedProx mu {args.mu:g}; seed {args.seed}",
+        f"teacher {generic / 'teacher.pt'} (accuracy on the common test set {teacher_accuracy:.4f}), "
+        f"student {generic / 'student.py'}; settings of {generic / 'config.yml'}: batch {base['batch_size']}, "
+        f"lr {base['learning_rate']:g}, T {base['temperature']:g}, alpha {base['alpha']:g}",
+        "centralized: distill() on the 3 sites' pooled training images for rounds x local epochs epochs",
+        "accuracy: final global student on the common test set; sites mean, siteN: on the sites' own "
+        "(equally skewed) test sets",
+        "training images per class of each site:", *described, ""]
+    columns = ["split", "strategy", "accuracy", "sites mean", *(f"site{i + 1}" for i in range(args.sites)), "seconds"]
+    return header + table(columns, [[*o.label, *accuracies(o), f"{o.seconds:.1f}"] for o in outcomes], labels=2)
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-site", type=_positive, default=5000, help="training images per site (default 5000)")
+    parser.add_argument("--per-site-test", type=_positive, default=1000,
+                        help="test images per site, skewed like its training images (default 1000)")
+    parser.add_argument("--sites", type=_positive, default=3, help="number of sites (default 3)")
+    parser.add_argument("--rounds", type=_positive, default=10, help="federated rounds (default 10)")
+    parser.add_argument("--mu", type=float, default=0.1, help="FedProx proximal weight (default 0.1)")
+    parser.add_argument("--alphas", type=positive_numbers, default=[0.5, 0.1],
+                        help="Dirichlet alphas of the skewed splits, comma-separated (default 0.5,0.1)")
+    parser.add_argument("--threads", type=_positive, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the training (default 0)")
+    parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_MNIST,
+                        help=f"folder with the MNIST IDX files (default {DEFAULT_MNIST})")
+    parser.add_argument("--sample-dir", type=Path, default=SAMPLE,
+                        help="its generic/ gives teacher, student and settings; its c*/ the data when "
+                             "--mnist-dir has no MNIST (default sample_data/)")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                        help="text file the printed table is also written to (default bench/results/noniid.txt)")
+    return parser.parse_args(argv)
+
+
+def positive_numbers(text: str) -> list[float]:
+    values = [float(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive numbers separated by commas, got {text!r}")
+    return values
+
+
+def run_script(run: Callable[[argparse.Namespace], list[str]], args: argparse.Namespace) -> None:
+    """Set the threads, run, print the lines and write them to ``args.results``."""
+    torch.set_num_threads(args.threads)
+    text = "\n".join(run(args)) + "\n"
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(text)
+    print(text, end="")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_script(run_all, parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Smoke tests of bench/noniid.py and bench/privacy.py, run as subprocesses with tiny settings.
+
+They check each table's structure (columns, one row per configuration, accuracies in [0, 1])
+and the results file, never the size of the figures.
+"""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, cut_site, generic_dir
+
+pytestmark = pytest.mark.slow
+MNIST = "/work/shared/datasets/mnist"
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(REPO / "bench" / script), "--threads", "1", *args],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def parse_table(output: str) -> tuple[list[str], list[list[str]]]:
+    """Column names and rows of the table after the header's blank line (cells split on 2+ spaces)."""
+    lines = output.split("\n\n", 1)[1].strip().splitlines()
+    columns, *rows = (re.split(r"\s{2,}", line.strip()) for line in lines)
+    assert all(len(row) == len(columns) for row in rows), rows
+    return columns, rows
+
+
+def assert_fractions(rows: list[list[str]], first: int, last: int) -> None:
+    for row in rows:
+        assert all(0.0 <= float(cell) <= 1.0 for cell in row[first:last]), row
+
+
+@pytest.fixture
+def small_samples(tmp_path):
+    """A sample_data/ with the real generic folder and 200/100 images of c1 and c2."""
+    root = tmp_path / "samples"
+    generic_dir(root / "generic")
+    for site in ("c1", "c2"):
+        cut_site(site, root / site, n_train=200, n_test=100)
+    return root
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "datasets" / "mnist").is_dir(), reason="needs MNIST")
+def test_noniid_table_has_every_split_and_strategy_on_mnist(tmp_path):
+    results = tmp_path / "out" / "noniid.txt"
+    done = run_bench("noniid.py", "--per-site", "150", "--per-site-test", "60", "--rounds", "1", "--alphas", "0.3",
+                     "--mnist-dir", MNIST, "--results", str(results))
+    assert results.read_text() == done.stdout
+    assert "the 30,000 training images the sample teacher did not see" in done.stdout
+    columns, rows = parse_table(done.stdout)
+    assert columns == ["split", "strategy", "accuracy", "sites mean", "site1", "site2", "site3", "seconds"]
+    assert [row[:2] for row in rows] == [[split, strategy] for split in ("IID", "Dirichlet 0.3")
+                                         for strategy in ("FedAvg", "FedProx", "centralized")]
+    assert_fractions(rows, 2, 7)
+    assert all(float(row[7]) > 0 for row in rows)
+
+
+def test_noniid_falls_back_to_the_sample_sites_and_says_so(tmp_path, small_samples):
+    done = run_bench("noniid.py", "--per-site", "500", "--rounds", "1", "--alphas", "0.5", "--sites", "2",
+                     "--mnist-dir", str(tmp_path / "no_mnist"), "--sample-dir", str(small_samples),
+                     "--results", str(tmp_path / "noniid.txt"))
+    assert f"NO MNIST in {tmp_path / 'no_mnist'}: falling back to the sample sites c1, c2" in done.stdout
+    assert "up to 200 training and 100 test images each (500/1,000 requested)" in done.stdout
+    columns, rows = parse_table(done.stdout)
+    assert columns == ["split", "strategy", "accuracy", "sites mean", "site1", "site2", "seconds"]
+    assert len(rows) == 6
+    assert_fractions(rows, 2, 6)
+
+
+def test_privacy_table_has_the_plain_smpc_and_dp_rows(tmp_path, small_samples):
+    results = tmp_path / "privacy.txt"
+    done = run_bench("privacy.py", "--rounds", "1", "--epsilons", "10", "--laplace-epsilons", "1000",
+                     "--clipping", "0.5", "--sample-dir", str(small_samples), "--results", str(results))
+    assert results.read_text() == done.stdout
+    assert re.search(r"L2 norm median \d", done.stdout)
+    columns, rows = parse_table(done.stdout)
+    assert columns == ["privacy", "noise", "epsilon", "clipping", "noise/change", "accuracy", "c1", "c2", "outputs",
+                       "seconds"]
+    assert [row[:3] for row in rows] == [["off (FedAvg)", "-", "-"], ["SMPC", "-", "-"],
+                                         ["DP, clipping only", "gauss", "1e+12"], ["DP", "gauss", "10"],
+                                         ["DP", "laplace", "1000"]]
+    assert [row[3] for row in rows[2:4]] == ["L2 0.5", "L2 0.5"]   # --clipping is used
+    assert rows[4][3].startswith("L1 ")
+    assert_fractions(rows, 5, 8)
