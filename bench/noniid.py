@@ -229,6 +229,12 @@ def accuracies(outcome: Outcome) -> list[str]:
     return [f"{value:.4f}" for value in (outcome.common, float(np.mean(outcome.sites)), *outcome.sites)]
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def describe_split(name: str, parts: list[tuple[Arrays, Arrays]]) -> str:
     counts = "; ".join(f"site{i + 1} {len(train[1])}: {np.bincount(train[1], minlength=10).tolist()}"
                        for i, (train, _) in enumerate(parts))
@@ -263,13 +269,16 @@ def run_all(args: argparse.Namespace) -> list[str]:
         f"Non-IID label skew, {datetime.datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s)",
         f"data: {pool.source}",
-        f"{args.sites} sites, up to {per_site:,} training and {per_site_test:,} test images each "
-        f"({args.per_site:,}/{args.per_site_test:,} requested); {args.rounds} rounds of "
+        f"{args.sites} sites, {per_site:,} training and {per_site_test:,} test images per site on average "
+        f"({args.per_site:,}/{args.per_site_test:,} requested; the Dirichlet shares make sizes unequal); "
+        f"{args.rounds} rounds of "
         f"{base['local_epochs']} local epoch(s); FedProx mu {args.mu:g}; seed {args.seed}",
-        f"teacher {generic / 'teacher.pt'} (accuracy on the common test set {teacher_accuracy:.4f}), "
-        f"student {generic / 'student.py'}; settings of {generic / 'config.yml'}: batch {base['batch_size']}, "
+        f"teacher {shown(generic / 'teacher.pt')} (accuracy on the common test set {teacher_accuracy:.4f}), "
+        f"student {shown(generic / 'student.py')}; settings of {shown(generic / 'config.yml')}: "
+        f"batch {base['batch_size']}, "
         f"lr {base['learning_rate']:g}, T {base['temperature']:g}, alpha {base['alpha']:g}",
-        "centralized: distill() on the 3 sites' pooled training images for rounds x local epochs epochs",
+        f"centralized: distill() on the {args.sites} sites' pooled training images for rounds x local epochs "
+        "epochs, from the same initial student",
         "accuracy: final global student on the common test set; sites mean, siteN: on the sites' own "
         "(equally skewed) test sets",
         "training images per class of each site:", *described, ""]

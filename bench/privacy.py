@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # run as a script from anywhere: `app` lives in the repo root
 
 from app.aggregation import flatten  # noqa: E402
-from app.config import DPConfig, KDConfig  # noqa: E402
+from app.config import DPConfig  # noqa: E402
 from app.site import Site  # noqa: E402
 from app.testbed.privacy import dp_noise, gauss_sigma, smpc_sum  # noqa: E402
 from bench.kd_throughput import _positive  # noqa: E402
@@ -39,6 +39,7 @@ DEFAULT_RESULTS = ROOT / "bench" / "results" / "privacy.txt"
 SAMPLE = ROOT / "sample_data"
 DELTA = 1e-5
 CLIP_ONLY_EPSILON = 1e12   # noise with a standard deviation of ~1e-11: the clipping alone
+JITTER = 1e-7              # about float32's rounding of a weight near 1
 
 
 @dataclass
@@ -80,9 +81,38 @@ def noising(sites: list[Site], seed: int) -> Deliver:
     return deliver
 
 
-def secure_sum(sites: list[Site]) -> Deliver:
-    """The controller of an SMPC run: the coordinator gets only the fixed-point sum."""
-    return lambda payloads, round_index: smpc_sum(payloads, sites[0].config.smpc_exponent)
+@dataclass
+class SecureSum:
+    """The controller of an SMPC run (the coordinator gets only the fixed-point sum), measuring on the way
+    how far each round's sum, once divided by the sample count as the coordinator does, is from the exact one."""
+
+    exponent: int = 0
+    error: float = 0.0   # the largest difference over all rounds and weights
+
+    def watch(self, sites: list[Site]) -> Deliver:
+        self.exponent = sites[0].config.smpc_exponent
+        return self.deliver
+
+    def deliver(self, payloads: list[list[float]], round_index: int) -> list[float]:
+        total = smpc_sum(payloads, self.exponent)
+        exact = np.sum(np.asarray(payloads, dtype=np.float64), axis=0)
+        self.error = max(self.error, float(np.max(np.abs(np.asarray(total) - exact))) / exact[-1])
+        return total
+
+
+def jittered(scale: float, seed: int) -> Callable[[list[Site]], Deliver]:
+    """Plain FedAvg whose first-round payloads have every float weight moved by N(0, scale²): a control
+    of how far two runs drift apart from a difference as small as SMPC's rounding."""
+    def deliver(payloads: list[dict], round_index: int) -> list[dict]:
+        if round_index:
+            return payloads
+        rng = np.random.default_rng(seed)
+        return [{**payload, "models": {name: {key: value + rng.normal(0, scale, value.shape).astype(value.dtype)
+                                              if value.dtype.kind == "f" else value
+                                              for key, value in weights.items()}
+                                       for name, weights in payload["models"].items()}}
+                for payload in payloads]
+    return lambda sites: deliver
 
 
 def noise_norm(dp: dict, size: int) -> float:
@@ -143,7 +173,10 @@ def run_all(args: argparse.Namespace) -> list[str]:
     meter = ChangeMeter()
     with tempfile.TemporaryDirectory(prefix="privacy-") as scratch:
         plain = federation.run(["off (FedAvg)", "-", "-", "-", "-"], {}, meter.watch, Path(scratch) / "plain")
-        secure = federation.run(["SMPC", "-", "-", "-", "-"], {"use_smpc": True}, secure_sum, Path(scratch) / "smpc")
+        summer = SecureSum()
+        secure = federation.run(["SMPC", "-", "-", "-", "-"], {"use_smpc": True}, summer.watch, Path(scratch) / "smpc")
+        control = federation.run([f"off, round 1 jittered {JITTER:g}", "-", "-", "-", "-"], {},
+                                 jittered(JITTER, args.seed), Path(scratch) / "jitter")
         typical = statistics.median(meter.l2)
         clipping = {"gauss": args.clipping or two_digits(typical),
                     "laplace": args.l1_clipping or two_digits(statistics.median(meter.l1))}
@@ -156,7 +189,6 @@ def run_all(args: argparse.Namespace) -> list[str]:
                      f"{noise_norm(dp, meter.size) / typical:.3g}"]
             noised.append(federation.run(label, {"dp": dp}, lambda sites: noising(sites, args.seed),
                                          Path(scratch) / f"dp{len(noised)}"))
-    exponent = federation.settings.get("smpc_exponent", KDConfig.model_fields["smpc_exponent"].default)
     sizes = ", ".join(f"{name} ({len(train[1]):,} train, {len(test[1]):,} test)"
                       for name, (train, test) in zip(federation.names, federation.parts))
     settings = federation.settings
@@ -173,14 +205,16 @@ def run_all(args: argparse.Namespace) -> list[str]:
         f"L1 {clipping['laplace']:g} for laplace ({'--l1-clipping' if args.l1_clipping else 'the median, 2 digits'}); "
         f"delta {DELTA:g} (gauss); sensitivity 2 x clipping; noise seed {args.seed}",
         "noise/change: expected L2 norm of the noise added to one site's change / median L2 norm of a change",
-        f"SMPC: final student differs from the plain run's by at most "
-        f"{float(np.max(np.abs(secure.weights - plain.weights))):.2g} per weight (fixed point, exponent {exponent})",
+        f"SMPC: a round's secure sum / sample count is at most {summer.error:.2g} from the exact one (fixed point, "
+        f"exponent {summer.exponent}); training amplifies such differences: the final students of the plain and "
+        f"SMPC runs differ by up to {float(np.max(np.abs(secure.weights - plain.weights))):.2g} per weight, those "
+        f"of the plain and the jittered run by up to {float(np.max(np.abs(control.weights - plain.weights))):.2g}",
         "accuracy: final global student on all the sites' test images; c1, c2: on each site's own; outputs: NaN when "
         "the final student's outputs are not finite (noised BatchNorm running variances below 0), it then "
         "predicts one class", ""]
     columns = ["privacy", "noise", "epsilon", "clipping", "noise/change", "accuracy", *federation.names,
                "outputs", "seconds"]
-    return header + table(columns, [row(o) for o in [plain, secure, *noised]], labels=4)
+    return header + table(columns, [row(o) for o in [plain, secure, control, *noised]], labels=4)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -65,7 +65,7 @@ def test_noniid_falls_back_to_the_sample_sites_and_says_so(tmp_path, small_sampl
                      "--mnist-dir", str(tmp_path / "no_mnist"), "--sample-dir", str(small_samples),
                      "--results", str(tmp_path / "noniid.txt"))
     assert f"NO MNIST in {tmp_path / 'no_mnist'}: falling back to the sample sites c1, c2" in done.stdout
-    assert "up to 200 training and 100 test images each (500/1,000 requested)" in done.stdout
+    assert "2 sites, 200 training and 100 test images per site on average (500/1,000 requested" in done.stdout
     columns, rows = parse_table(done.stdout)
     assert columns == ["split", "strategy", "accuracy", "sites mean", "site1", "site2", "seconds"]
     assert len(rows) == 6
@@ -82,8 +82,10 @@ def test_privacy_table_has_the_plain_smpc_and_dp_rows(tmp_path, small_samples):
     assert columns == ["privacy", "noise", "epsilon", "clipping", "noise/change", "accuracy", "c1", "c2", "outputs",
                        "seconds"]
     assert [row[:3] for row in rows] == [["off (FedAvg)", "-", "-"], ["SMPC", "-", "-"],
+                                         ["off, round 1 jittered 1e-07", "-", "-"],
                                          ["DP, clipping only", "gauss", "1e+12"], ["DP", "gauss", "10"],
                                          ["DP", "laplace", "1000"]]
-    assert [row[3] for row in rows[2:4]] == ["L2 0.5", "L2 0.5"]   # --clipping is used
-    assert rows[4][3].startswith("L1 ")
+    assert [row[3] for row in rows[3:5]] == ["L2 0.5", "L2 0.5"]   # --clipping is used
+    assert rows[5][3].startswith("L1 ")
+    assert all(row[8] in ("finite", "NaN") for row in rows)
     assert_fractions(rows, 5, 8)
