@@ -33,7 +33,7 @@ from app.site import Site  # noqa: E402
 from app.testbed.privacy import dp_noise, gauss_sigma, smpc_sum  # noqa: E402
 from bench.kd_throughput import _positive  # noqa: E402
 from bench.noniid import (Arrays, Deliver, Outcome, generic_settings, hand_over, positive_numbers,  # noqa: E402
-                          read_npz, run_federated, run_script, table)
+                          read_npz, run_federated, run_script, shown, table)
 
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "privacy.txt"
 SAMPLE = ROOT / "sample_data"
@@ -195,7 +195,7 @@ def run_all(args: argparse.Namespace) -> list[str]:
     header = [
         f"Cost of differential privacy and secure aggregation, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
-        f"sample federation: {sizes} in {args.sample_dir}; {settings['max_iter']} rounds of "
+        f"sample federation: {sizes} in {shown(args.sample_dir)}; {settings['max_iter']} rounds of "
         f"{settings['local_epochs']} local epoch(s), batch {settings['batch_size']}, lr {settings['learning_rate']:g}, "
         f"seed {settings['seed']}",
         f"round change of a site without DP (local - global, {meter.size:,} float weights, {len(meter.l2)} changes): "
