@@ -87,7 +87,7 @@ def dataset(name: str, edit: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray
     return breaks
 
 
-def set_at(array: np.ndarray, index: int, value) -> np.ndarray:
+def set_at(array: np.ndarray, index: int, value: float) -> np.ndarray:
     changed = array.copy()
     changed[index] = value
     return changed
@@ -109,9 +109,9 @@ def config_folder(sites: Sites) -> None:
     (sites.bad / "config.yml").mkdir()
 
 
-def teacher_weights_of_the_student(sites: Sites) -> None:
-    student = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 26 * 26, 10))
-    torch.save(student.state_dict(), sites.bad / "teacher.pt")
+def teacher_weights_of_another_network(sites: Sites) -> None:
+    other = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 26 * 26, 10))
+    torch.save(other.state_dict(), sites.bad / "teacher.pt")
 
 
 class _RunsACommand:
@@ -120,7 +120,7 @@ class _RunsACommand:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple:
         return os.system, (f"touch {self.marker}",)
 
 
@@ -197,14 +197,16 @@ CASES = [
           "Add a 'fc_knowledge_distillation:' section")),
     Case("config-unknown-key", config(temprature=3.0),
          ("config.yml: temprature: unknown key — did you mean 'temperature'?",)),
-    Case("config-wrong-type", config(batch_size="large"), ("config.yml: batch_size: 'large' — must be a whole number",)),
+    Case("config-wrong-type", config(batch_size="large"),
+         ("config.yml: batch_size: 'large' — must be a whole number",)),
     Case("alpha-above-1", config(alpha=1.5), ("config.yml: alpha: 1.5 — must be a number between 0 and 1",),
          site="site1"),
     Case("temperature-zero", config(temperature=0), ("config.yml: temperature: 0 — must be a number > 0",)),
     Case("batch-size-zero", config(batch_size=0), ("config.yml: batch_size: 0 — must be a whole number ≥ 1",)),
     Case("learning-rate-too-high", config(learning_rate=100),
          ("config.yml: learning_rate: 100 — must be a number > 0 and ≤ 10",)),
-    Case("rounds-zero", config(max_iter=0), ("config.yml: max_iter: 0 — must be a whole number of communication rounds",)),
+    Case("rounds-zero", config(max_iter=0),
+         ("config.yml: max_iter: 0 — must be a whole number of communication rounds",)),
     Case("no-teacher-source", config(teacher_weights=None),
          ("teacher_weights: not set", "name a weights file in teacher_weights")),
     Case("dataset-path-leaves-input-folder", config(train_dataset="../x.npz"),
@@ -240,7 +242,7 @@ CASES = [
          ("site site2's student (student.py) differs from the coordinator's",
           "Every site must use the same student_model file and student_args")),
     # teacher weights
-    Case("teacher-weights-do-not-fit", teacher_weights_of_the_student,
+    Case("teacher-weights-do-not-fit", teacher_weights_of_another_network,
          ("teacher_weights 'teacher.pt': the weights do not fit the teacher's Model from teacher.py",
           "Use the teacher_model file and teacher_args they were trained with")),
     Case("teacher-weights-missing", config(teacher_weights="teacher_v2.pt"),
@@ -314,4 +316,3 @@ def test_a_bad_input_stops_the_federation_naming_the_site_the_mistake_and_the_fi
     # a user mistake, reported as such by the app (not a crash the test-bed dug out of a traceback)
     assert "KD-ERROR" in result.logs[case.site].read_text()
     assert not (tmp_path / CODE_RAN).exists()
-
