@@ -12,6 +12,9 @@
   the sites' mean change to the previous global model. Sample counts would have
   to be noised as well, so under DP the sites weigh equally, and integer counters
   (BatchNorm's ``num_batches_tracked``) keep their previous global values.
+  Running variances that the noise pushed below zero are set to zero: a negative
+  variance is no variance at all, and its square root would make every output NaN.
+  This post-processing of the noised result costs no privacy.
   With SMPC and DP together, the noised changes are summed securely.
 """
 from __future__ import annotations
@@ -55,6 +58,14 @@ class Wire:
             total = np.asarray(received, dtype=np.float64) if self.smpc \
                 else np.sum([np.asarray(change, dtype=np.float64) for change in received], axis=0)
             mean_change = total / sites
-            return unflatten(flatten(previous, floats_only=True) + mean_change, previous, floats_only=True)
+            return _valid_variances(unflatten(flatten(previous, floats_only=True) + mean_change, previous,
+                                              floats_only=True))
         summed = np.asarray(received, dtype=np.float64)
         return unflatten(summed[:-1] / summed[-1], previous)
+
+
+def _valid_variances(models: Models) -> Models:
+    """``models`` with every normalisation layer's ``running_var`` clipped at 0."""
+    return {model: {name: np.maximum(value, 0) if name.endswith("running_var") else value
+                    for name, value in weights.items()}
+            for model, weights in models.items()}

@@ -131,6 +131,18 @@ def test_differential_privacy_sends_the_round_change_and_adds_the_mean_change(tm
     np.testing.assert_allclose(flatten(aggregates[0], floats_only=True), np.mean(local, axis=0), atol=1e-6)
 
 
+def test_noise_never_leaves_a_negative_running_variance_or_non_finite_outputs(tmp_path):
+    sites = [load(tmp_path, f"c{i}", f"c{i}", dp={"epsilon": 1.0, "clipping": 1.0}) for i in (1, 2)]
+    federate_locally(sites, 1, lambda payloads: [list(np.asarray(change) - 100.0) for change in payloads])
+    state = sites[0].student.state_dict()
+    variances = [key for key in state if key.endswith("running_var")]
+    assert variances and all(bool((state[key] == 0).all()) for key in variances)
+    # everything else takes the noised change as it came: only variances are projected
+    assert all(bool((state[key].abs() > 50).all()) for key in state if key.endswith("running_mean"))
+    with torch.no_grad():
+        assert torch.isfinite(sites[0].student.eval()(torch.rand(4, 1, 28, 28))).all()
+
+
 def test_fedbn_keeps_batchnorm_local_and_averages_the_rest(tmp_path):
     sites = [load(tmp_path, f"c{i}", f"c{i}", fedbn=True) for i in (1, 2)]
     federate_locally(sites, 2, lambda payloads: payloads)
