@@ -160,7 +160,7 @@ def test_a_site_killed_mid_run_ends_the_run_quickly_and_the_others_keep_their_ch
         result = run.result(timeout=60)
     assert time.monotonic() - killed < 30
     assert not result.ok and result.failed_site == "site2"
-    assert result.message.startswith("site site2: process exited with code -9")
+    assert result.message.startswith("site site2: process killed by SIGKILL")
     for spec, client in launcher.started.values():
         with pytest.raises(ProcessLookupError):
             os.kill(client.pid, 0)   # no client left behind

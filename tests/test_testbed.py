@@ -245,7 +245,7 @@ def test_killed_client_ends_run_naming_it(tmp_path):
     assert time.monotonic() - killed < FAILURE_BUDGET
     assert not result.ok
     assert result.failed_site == "c2"
-    assert result.message.startswith("site c2: process exited with code -9 while in state 'round'")
+    assert result.message.startswith("site c2: process killed by SIGKILL while in state 'round'")
     assert not (federation.output / "c2").exists()
     assert (federation.output / "c1.failed" / "round1.json").exists()
     assert_all_gone(launcher)

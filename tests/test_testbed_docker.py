@@ -174,7 +174,7 @@ def test_a_container_killed_mid_run_ends_the_run_quickly_naming_its_site(tmp_pat
     result = run.result(timeout=120)
     assert time.monotonic() - killed < FAILURE_BUDGET
     assert not result.ok and result.failed_site == "site2"
-    assert result.message.startswith("site site2: process exited with code 137 while in state 'distill'")
+    assert result.message.startswith("site site2: container killed (exit code 137) while in state 'distill'")
     assert containers(launcher.label) == []
     saved = torch.load(tmp_path / "out" / "site1.failed" / "unfinished" / "checkpoint.pt", weights_only=True)
     assert saved["round"] >= 1   # the rounds done so far are not lost

@@ -184,7 +184,7 @@ class _Federation:
         while True:
             code = client.handle.exit_code()
             if code is not None:
-                raise SiteFailure(client.id, f"process exited with code {code} during start-up; "
+                raise SiteFailure(client.id, f"{client.handle.describe_exit(code)} during start-up; "
                                              f"last lines of {client.site.log_path}:\n{tail(client.handle.log_text())}")
             try:
                 client.api.status(timeout=min(self.timeouts.request, 1.0))
@@ -289,7 +289,7 @@ class _Federation:
         if code is None:
             return
         reason = error_from_log(client.handle.log_text())
-        raise SiteFailure(client.id, f"process exited with code {code} {self._where(client)}"
+        raise SiteFailure(client.id, f"{client.handle.describe_exit(code)} {self._where(client)}"
                                      + (f"; last error in its log: {reason}" if reason else ""))
 
     def _check_run_time(self) -> None:

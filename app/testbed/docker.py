@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from app.testbed.controller import ENGINE_WAITS, SiteFailure
-from app.testbed.launcher import ClientSpec, _die_with_parent
+from app.testbed.launcher import ClientSpec, die_with_parent
 from app.testbed.sites import UsageError
 
 LABEL = "fc-knowledge-distillation.testbed"
@@ -58,7 +58,7 @@ class ContainerClient:
         self.web_port = _host_port(name, WEB_PORT, spec.id)
         self._exit_code: int | None = None
         self._removed = False
-        helper = {"stdin": subprocess.DEVNULL, "start_new_session": True, "preexec_fn": _die_with_parent()}
+        helper = {"stdin": subprocess.DEVNULL, "start_new_session": True, "preexec_fn": die_with_parent()}
         # `docker wait` prints the exit code once the container stops: no polling of `docker inspect`.
         self._waiter = subprocess.Popen(["docker", "wait", name], stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True, **helper)
@@ -79,6 +79,11 @@ class ContainerClient:
             printed = self._waiter.stdout.read().strip() if self._waiter.stdout else ""
             self._exit_code = int(printed) if printed.lstrip("-").isdigit() else self._inspect_exit_code()
         return self._exit_code
+
+    def describe_exit(self, code: int) -> str:
+        if code == KILLED:
+            return f"container killed (exit code {KILLED})"
+        return f"container exited with code {code}"
 
     def log_text(self) -> str:
         if not self._removed:

@@ -44,6 +44,9 @@ class ClientHandle(Protocol):
     def exit_code(self) -> int | None:
         """None while the client runs, else its exit code (negative: killed by that signal)."""
 
+    def describe_exit(self, code: int) -> str:
+        """How the client ended, in words, e.g. `process killed by SIGKILL`."""
+
     def log_text(self) -> str:
         """Everything the client printed so far."""
 
@@ -99,6 +102,11 @@ class LocalClient:
     def exit_code(self) -> int | None:
         return self.process.poll()
 
+    def describe_exit(self, code: int) -> str:
+        if code < 0:
+            return f"process killed by {_signal_name(-code)}"
+        return f"process exited with code {code}"
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -142,7 +150,7 @@ class LocalProcessLauncher:
         with open(spec.log_path, "wb") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                        env={**os.environ, **spec.env}, cwd=self.entry.parent,
-                                       start_new_session=True, preexec_fn=_die_with_parent())
+                                       start_new_session=True, preexec_fn=die_with_parent())
         return LocalClient(process, port, spec.log_path)
 
     def _free_port(self) -> int:
@@ -159,7 +167,14 @@ class LocalProcessLauncher:
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent():
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def die_with_parent():
     """On Linux, a function making the child receive SIGKILL when the controller dies without cleaning
     up (e.g. killed with SIGKILL), so no client outlives it; None elsewhere."""
     if not sys.platform.startswith("linux"):
