@@ -210,8 +210,8 @@ def run_all(args: argparse.Namespace) -> list[str]:
         f"SMPC runs differ by up to {float(np.max(np.abs(secure.weights - plain.weights))):.2g} per weight, those "
         f"of the plain and the jittered run by up to {float(np.max(np.abs(control.weights - plain.weights))):.2g}",
         "accuracy: final global student on all the sites' test images; c1, c2: on each site's own; outputs: NaN when "
-        "the final student's outputs are not finite (noised BatchNorm running variances below 0), it then "
-        "predicts one class", ""]
+        "the final student's outputs are not finite on some test image (the app clips noised BatchNorm running "
+        "variances at 0, so noise alone should not cause it)", ""]
     columns = ["privacy", "noise", "epsilon", "clipping", "noise/change", "accuracy", *federation.names,
                "outputs", "seconds"]
     return header + table(columns, [row(o) for o in [plain, secure, control, *noised]], labels=4)
