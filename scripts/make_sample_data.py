@@ -57,17 +57,23 @@ fc_knowledge_distillation:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "mnist")
-    parser.add_argument("--out", type=Path, default=REPO / "sample_data")
-    parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--split", choices=["iid", "dirichlet"], default="iid")
-    parser.add_argument("--dirichlet-alpha", type=float, default=0.5)
-    parser.add_argument("--train-per-client", type=int, default=5000)
-    parser.add_argument("--test-per-client", type=int, default=1000)
+    parser.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "mnist",
+                        help="folder with the four MNIST IDX files, gzipped or not (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=REPO / "sample_data",
+                        help="where generic/ and c1/, c2/, ... go (default: the repository's sample_data/)")
+    parser.add_argument("--clients", type=int, default=2, help="number of sites (default: %(default)s)")
+    parser.add_argument("--split", choices=["iid", "dirichlet"], default="iid",
+                        help="iid: random images; dirichlet: each class split by Dir(alpha) (default: %(default)s)")
+    parser.add_argument("--dirichlet-alpha", type=float, default=0.5,
+                        help="smaller is more skewed; 0.1 leaves sites without some classes (default: %(default)s)")
+    parser.add_argument("--train-per-client", type=int, default=5000,
+                        help="training images per site, on average for dirichlet (default: %(default)s)")
+    parser.add_argument("--test-per-client", type=int, default=1000,
+                        help="test images per site, skewed like its training images (default: %(default)s)")
     parser.add_argument("--teacher-samples", type=int, default=30000,
-                        help="MNIST training images used only to train the teacher")
-    parser.add_argument("--teacher-epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+                        help="MNIST training images used only to train the teacher (default: %(default)s)")
+    parser.add_argument("--teacher-epochs", type=int, default=3, help="epochs of teacher training (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split and the teacher (default: %(default)s)")
     return parser.parse_args(argv)
 
 
