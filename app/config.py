@@ -103,11 +103,11 @@ class KDConfig(BaseModel):
     seed: WholeNumber = _field(0, "a whole number ≥ 0", ge=0)
     device: Literal["auto", "cpu", "cuda"] = _field("auto", "one of: auto, cpu, cuda")
 
-
     @model_validator(mode="after")
     def _has_a_teacher(self, info: ValidationInfo) -> "KDConfig":
         # The Python API passes the teacher as a module, so only site configs need a source.
-        if (info.context or {}).get("require_teacher", True) and not self.teacher_weights and self.teacher_rounds == 0 and self.teacher_epochs == 0:
+        has_source = self.teacher_weights or self.teacher_rounds or self.teacher_epochs
+        if (info.context or {}).get("require_teacher", True) and not has_source:
             raise ValueError("teacher_weights: not set, and teacher_rounds and teacher_epochs are 0 — the "
                              "teacher needs trained weights: name a weights file in teacher_weights, or train "
                              "it with teacher_rounds (federated) and/or teacher_epochs (at each site)")

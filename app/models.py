@@ -351,7 +351,8 @@ def dry_run(model: nn.Module, images: torch.Tensor, key: str) -> torch.Tensor:
     except Exception as error:
         raise ModelError(
             f"{where}: the forward pass failed on a batch of shape {shape}: {_describe_error(error)}"
-            f"{_line_in(_model_path(model), error)}. Make Model accept images of shape [batch, {', '.join(map(str, shape[1:]))}] "
+            f"{_line_in(_model_path(model), error)}. Make Model accept images of shape "
+            f"[batch, {', '.join(map(str, shape[1:]))}] "
             "(check the first layer's input channels and the in_features of the first Linear layer "
             "after flattening).") from error
     finally:

@@ -107,7 +107,8 @@ def federation_summary(sites: list[dict]) -> dict:
 def _write_plots(metrics: dict, out) -> None:
     rounds, site = metrics["rounds"], metrics["site"]
     baseline = "baseline" in metrics
-    accuracy_series = {"distilled student": "accuracy", **({"baseline student": "baseline_accuracy"} if baseline else {})}
+    accuracy_series = {"distilled student": "accuracy",
+                       **({"baseline student": "baseline_accuracy"} if baseline else {})}
     loss_series = {"student test loss": "loss", "student train loss (KD)": "train_loss",
                    **({"baseline test loss": "baseline_loss"} if baseline else {})}
     report.plot_rounds(rounds, out / report.ACCURACY_PLOT, title=f"Global model accuracy on {site}'s test set",

@@ -72,7 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="test images per site, skewed like its training images (default: %(default)s)")
     parser.add_argument("--teacher-samples", type=int, default=30000,
                         help="MNIST training images used only to train the teacher (default: %(default)s)")
-    parser.add_argument("--teacher-epochs", type=int, default=3, help="epochs of teacher training (default: %(default)s)")
+    parser.add_argument("--teacher-epochs", type=int, default=3,
+                        help="epochs of teacher training (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and the teacher (default: %(default)s)")
     return parser.parse_args(argv)
 

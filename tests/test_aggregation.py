@@ -57,14 +57,16 @@ def test_array_round_trip_copies():
 def test_missing_tensor_names_the_site():
     a, b = to_arrays(bn_net(0).state_dict()), to_arrays(bn_net(1).state_dict())
     del b["1.running_var"]
-    with pytest.raises(FederationError, match="site s2's student differs from site s1's: missing \\['1.running_var'\\]"):
+    with pytest.raises(FederationError,
+                       match="site s2's student differs from site s1's: missing \\['1.running_var'\\]"):
         fedavg([Update("s1", a, 1), Update("s2", b, 1)])
 
 
 def test_shape_mismatch_names_the_tensor_and_both_shapes():
     a = to_arrays(bn_net(0).state_dict())
     b = to_arrays(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(3)).state_dict())
-    with pytest.raises(FederationError, match=r"site s2's student tensor '0.weight' has shape \[5, 4\], site s1's has \[3, 4\]"):
+    with pytest.raises(FederationError,
+                       match=r"site s2's student tensor '0.weight' has shape \[5, 4\], site s1's has \[3, 4\]"):
         fedavg([Update("s1", a, 1), Update("s2", b, 1)])
 
 

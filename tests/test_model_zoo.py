@@ -42,8 +42,8 @@ def read_doc(name: str) -> Doc:
         parameters=int(re.match(r"([\d,]+) \(num_classes=10\)", fields["Parameters"]).group(1).replace(",", "")),
         input_shape=tuple(int(n) for n in shape.split(", ")),
         arguments={k: ast.literal_eval(v) for k, v in re.findall(r"(\w+)=([^,]+)", fields["Arguments"])},
-        student_of={t: float(r) for t, r in re.findall(r"(\w+\.py) \(([\d.]+)x fewer parameters\)",
-                                                        fields.get("Student of", ""))},
+        student_of={t: float(r)
+                    for t, r in re.findall(r"(\w+\.py) \(([\d.]+)x fewer parameters\)", fields.get("Student of", ""))},
         pairs_with=tuple(re.findall(r"\w+\.py", fields.get("Pairs with", ""))),
     )
 
@@ -145,4 +145,3 @@ def test_readme_table_matches_the_files():
         assert partners == set(doc.student_of) | set(doc.pairs_with), name
         for claimed in doc.student_of.values():
             assert f"({claimed:g}×" in goes_with, name
-

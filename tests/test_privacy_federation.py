@@ -38,7 +38,8 @@ def test_secure_aggregation_matches_plain_fedavg_and_hides_every_single_update(t
     updates = [d for d in secure.traffic[secure.coordinator] if d.memo and d.memo.endswith("_update")]
     assert [d.memo for d in updates] == ["r1_update"]
     assert all(d.kind == "smpc_sum" for d in updates)   # never one site's own update
-    assert (secure.outputs["site1"] / "student.pt").read_bytes() == (secure.outputs["site2"] / "student.pt").read_bytes()
+    students = [(secure.outputs[site] / "student.pt").read_bytes() for site in ("site1", "site2")]
+    assert students[0] == students[1]
 
 
 def test_differential_privacy_clips_each_round_change_to_the_configured_norm(tmp_path, small_federation):

@@ -56,7 +56,8 @@ def test_report_size_and_speed_table_equals_metrics(outputs):
     teacher, student, ratio = metrics["teacher"], metrics["student"], metrics["compression"]
     assert rows["parameters"] == [number(teacher["parameters"]), number(student["parameters"]),
                                   times(ratio["parameters_ratio"])]
-    assert rows["size on disk"] == [size(teacher["size_bytes"]), size(student["size_bytes"]), times(ratio["size_ratio"])]
+    assert rows["size on disk"] == [size(teacher["size_bytes"]), size(student["size_bytes"]),
+                                    times(ratio["size_ratio"])]
     assert rows["latency, batch of 1"] == [milliseconds(teacher["latency_ms_batch1"]),
                                            milliseconds(student["latency_ms_batch1"]), times(ratio["speedup_batch1"])]
     memory = next(value for key, value in rows.items() if key.startswith("peak inference memory"))

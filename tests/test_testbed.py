@@ -472,6 +472,7 @@ def test_dp_noise_clips_keeps_structure_and_is_seeded():
     config = {"noisetype": "gauss", "epsilon": 1e6, "delta": 1e-5, "sensitivity": None, "clippingVal": 1.0}
     payload = {"b": [30.0, [40.0]], "a": 0}
     noised = dp_noise(payload, config, np.random.default_rng(7))
+
     def near(x: float):
         return pytest.approx(x, abs=1e-3)
     assert noised == {"a": near(0), "b": [near(0.6), [near(0.8)]]}
