@@ -33,6 +33,8 @@ from app.testbed.sites import Site, UsageError, check_arguments, prepare_sites
 ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "1", "FC_DATA_POLL_INTERVAL": "0.02"}
 SETUP_SLEEP = 1.0   # the engine's POST /setup handler sleeps this long before answering
 WEB_TIMEOUT = 1.0   # the state name in failure messages is a nicety: never wait long for it
+# Until a container's app listens, nginx logs one "connect() failed" line per poll: a few are plenty.
+START_POLL = 0.25
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ class _Federation:
                 raise SiteFailure(client.id, f"did not answer GET /status within {self.timeouts.start:g} s "
                                              f"of starting; last lines of {client.site.log_path}:\n"
                                              f"{tail(client.handle.log_text())}")
-            time.sleep(0.05)
+            time.sleep(START_POLL)
 
     def _setup(self) -> None:
         """POST /setup to all clients at once (each answer takes the engine a second)."""
