@@ -192,6 +192,24 @@ class Site:
         if "teacher" in plan:
             self.teacher.load_state_dict(to_state_dict(plan["teacher"]))
         self.first_round = plan["first_round"]
+        if self.config.fedbn and self.config.init_student:
+            self._resume_own_layers()
+
+    def _resume_own_layers(self) -> None:
+        """FedBN: the BatchNorm layers this site kept to itself resume from its own copy of
+        init_student (its own checkpoint), not from the coordinator's."""
+        path = resolve_input(self.input_dir, self.config.init_student, "init_student")
+        if not path.is_file():
+            self.log(f"fedbn: no init_student '{self.config.init_student}' in this site's input, so its "
+                     "BatchNorm layers start from the coordinator's; put this site's own checkpoint.pt there "
+                     "to resume them")
+            return
+        own = self._initial_student(path)
+        for name, model in self.models.items():
+            weights = to_state_dict(own.get(name) or own["student"])
+            state = model.state_dict()
+            state.update({key: value for key, value in weights.items() if key in self.local_keys[name]})
+            model.load_state_dict(state)
 
     # ----------------------------------------------------------------- teacher
     def teacher_round(self, round_index: int) -> object:

@@ -1,5 +1,6 @@
 """One site's whole life without communication, on small real MNIST."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def federate_locally(sites, rounds, deliver):
         site.adopt_plan(plan)
         site.prepare_teacher()
     aggregates = []
-    for round_index in range(rounds):
+    for round_index in range(sites[0].first_round, rounds):
         payloads = [site.train_round(round_index) for site in sites]
         aggregates.append(sites[0].aggregate(deliver(payloads), sites=len(sites)))
         for site in sites:
@@ -129,6 +130,24 @@ def test_differential_privacy_sends_the_round_change_and_adds_the_mean_change(tm
     assert all(len(change) == len(seen["start"]) for change in seen["sent"])
     local = [seen["start"] + np.asarray(change) for change in seen["sent"]]
     np.testing.assert_allclose(flatten(aggregates[0], floats_only=True), np.mean(local, axis=0), atol=1e-6)
+
+
+def test_fedbn_resumes_every_site_from_its_own_checkpoint(tmp_path):
+    def sites(run, **overrides):
+        return [load(tmp_path / run, f"c{i}", f"c{i}", fedbn=True, max_iter=3, **overrides) for i in (1, 2)]
+    whole = sites("whole")
+    federate_locally(whole, 3, lambda payloads: payloads)
+    federate_locally(sites("part"), 2, lambda payloads: payloads)
+    for i in (1, 2):   # each site's own checkpoint goes into its own input folder
+        shutil.copy(tmp_path / "part" / f"out_c{i}" / "unfinished" / "checkpoint.pt",
+                    site_input(tmp_path / "rest" / f"in_c{i}", source=f"c{i}") / "resume.pt")
+    rest = sites("rest", init_student="resume.pt")
+    federate_locally(rest, 3, lambda payloads: payloads)
+    assert [row["round"] for row in rest[1].rounds] == [3]
+    for resumed, uninterrupted in zip(rest, whole):
+        expected = uninterrupted.student.state_dict()
+        for key, value in resumed.student.state_dict().items():
+            assert torch.equal(value, expected[key]), (resumed.name, key)
 
 
 def test_noise_never_leaves_a_negative_running_variance_or_non_finite_outputs(tmp_path):
