@@ -181,6 +181,24 @@ def test_a_container_killed_mid_run_ends_the_run_quickly_naming_its_site(tmp_pat
 
 
 @needs_image
+def test_a_paused_container_is_found_unresponsive_and_removed(tmp_path, small_federation):
+    generic, clients = small_federation(**LONG)
+    launcher = RecordingLauncher()
+    progress = Progress()
+    unresponsive = 5.0
+    run = in_background(federate, clients, generic, tmp_path / "out", launcher, progress,
+                        timeouts=Timeouts(start=CONTAINER_START_TIMEOUT, run=RUN_TIMEOUT, unresponsive=unresponsive))
+    progress.wait_for(r"\[site2\].*round 2/30 distilling", run)
+    assert docker("pause", launcher.clients["site2"].name).returncode == 0   # alive, but answers nothing
+    paused = time.monotonic()
+    result = run.result(timeout=120)
+    assert time.monotonic() - paused < unresponsive + FAILURE_BUDGET
+    assert not result.ok and result.failed_site == "site2"
+    assert result.message.startswith("site site2: unresponsive: no answer for "), result.message
+    assert containers(launcher.label) == []
+
+
+@needs_image
 @pytest.mark.parametrize("sig, message", [(signal.SIGTERM, "interrupted (SIGTERM)"),
                                           (signal.SIGINT, "interrupted (Ctrl-C)")], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_simulate_image_removes_every_container(tmp_path, small_federation, sig, message):
