@@ -7,7 +7,7 @@ between sites:
     plan = site.make_plan()                            # coordinator: run plan + initial weights
     site.adopt_plan(plan)                              # every site: same config? same student?
     payload = site.teacher_round(t)                    # every site, per federated teacher round
-    site.apply_teacher(site.aggregate(received), t)    #   (only with teacher_rounds > 0)
+    site.apply_teacher(site.aggregate(received, sites), t)  # (only with teacher_rounds > 0)
     site.prepare_teacher()                             # every site: local epochs, accuracy, logits cache
     payload = site.train_round(r)                      # every site, each round
     global_models = site.aggregate(received, sites)    # coordinator, each round
@@ -22,8 +22,6 @@ With FedBN the BatchNorm entries never leave the site.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,7 +42,8 @@ DRY_RUN_BATCH = 4
 
 # Keys naming a site's own files (and its hardware) may differ between sites;
 # every other key shapes the joint training and must be the same everywhere.
-# init_student is read by the coordinator alone: its weights reach everyone in the plan.
+# init_student is read by the coordinator, whose weights reach everyone in the plan (with FedBN each
+# site also reads its own copy for the BatchNorm layers it keeps).
 SITE_LOCAL_KEYS = ("train_dataset", "test_dataset", "teacher_model", "teacher_args",
                    "teacher_weights", "student_model", "init_student", "device")
 
@@ -141,13 +140,13 @@ class Site:
         start = {"round": 0, "student": to_arrays(self.student.state_dict())}
         if self.config.init_student:
             start = self._initial_student(resolve_input(self.input_dir, self.config.init_student, "init_student"))
-        plan = {"config": shared,
-                "digest": hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16],
+        plan = {"coordinator": self.name, "config": shared,
                 "num_classes": self.num_classes, "signature": state_signature(self.student),
                 "first_round": start["round"],
                 "models": {name: start.get(name) or start["student"] for name in self.models}}
-        if self.config.teacher_rounds:
+        if self.config.teacher_rounds:   # the federation trains one teacher, from the coordinator's weights
             plan["teacher"] = to_arrays(self.teacher.state_dict())
+            plan["teacher_signature"] = state_signature(self.teacher)
         return plan
 
     def _initial_student(self, path: Path) -> dict:
@@ -177,27 +176,36 @@ class Site:
                 f"site {self.name}'s config.yml disagrees with the coordinator's on "
                 f"{', '.join(d.split(':')[0] for d in differing)}: " + "; ".join(differing)
                 + ". Use the same values at every site (ship config.yml in the generic folder).")
-        mine = state_signature(self.student)
-        if _as_lists(mine) != _as_lists(plan["signature"]):
-            raise FederationError(
-                f"site {self.name}'s student ({self.config.student_model}) differs from the "
-                f"coordinator's: {_first_difference(mine, plan['signature'])}. Every site must use "
-                "the same student_model file and student_args.")
+        self._check_same_architecture("student", self.student, plan["signature"])
+        if "teacher" in plan:
+            self._check_same_architecture("teacher", self.teacher, plan["teacher_signature"])
         if plan["num_classes"] != self.num_classes:
             raise FederationError(
                 f"site {self.name}'s models output {self.num_classes} classes, the coordinator's "
                 f"{plan['num_classes']}. Use the same model files at every site.")
         for name, model in self.models.items():
-            model.load_state_dict(to_state_dict(plan["models"][name]))
+            _load_entries(model, plan["models"][name])
         if "teacher" in plan:
-            self.teacher.load_state_dict(to_state_dict(plan["teacher"]))
+            if self.config.teacher_weights and plan["coordinator"] != self.name:
+                self.log(f"teacher_rounds: the federated teacher starts from the coordinator's weights, "
+                         f"not from this site's {self.config.teacher_weights}")
+            _load_entries(self.teacher, plan["teacher"])
         self.first_round = plan["first_round"]
-        if self.config.fedbn and self.config.init_student:
+        if self.config.fedbn and self.config.init_student and plan["coordinator"] != self.name:
             self._resume_own_layers()
+
+    def _check_same_architecture(self, role: str, model: torch.nn.Module, theirs: list) -> None:
+        mine = state_signature(model)
+        if _as_lists(mine) != _as_lists(theirs):
+            file = getattr(self.config, f"{role}_model")
+            raise FederationError(
+                f"site {self.name}'s {role} ({file}) differs from the coordinator's: "
+                f"{_first_difference(mine, theirs)}. Every site must use the same {role}_model file "
+                f"and {role}_args.")
 
     def _resume_own_layers(self) -> None:
         """FedBN: the BatchNorm layers this site kept to itself resume from its own copy of
-        init_student (its own checkpoint), not from the coordinator's."""
+        init_student (its own checkpoint of the same round), not from the coordinator's."""
         path = resolve_input(self.input_dir, self.config.init_student, "init_student")
         if not path.is_file():
             self.log(f"fedbn: no init_student '{self.config.init_student}' in this site's input, so its "
@@ -205,11 +213,13 @@ class Site:
                      "to resume them")
             return
         own = self._initial_student(path)
+        if own["round"] != self.first_round:
+            raise FederationError(
+                f"init_student '{path.name}' of site {self.name} holds round {own['round']}, the coordinator's "
+                f"round {self.first_round}. With fedbn every site resumes from its own checkpoint.pt of the "
+                "same interrupted run.")
         for name, model in self.models.items():
-            weights = to_state_dict(own.get(name) or own["student"])
-            state = model.state_dict()
-            state.update({key: value for key, value in weights.items() if key in self.local_keys[name]})
-            model.load_state_dict(state)
+            _load_entries(model, own.get(name) or own["student"], only=self.local_keys[name])
 
     # ----------------------------------------------------------------- teacher
     def teacher_round(self, round_index: int) -> object:
@@ -300,10 +310,15 @@ class Site:
 
     def _load_global(self, models: dict[str, torch.nn.Module], global_models: Models) -> None:
         for name, model in models.items():
-            state = model.state_dict()
-            state.update(to_state_dict(global_models[name]))   # FedBN's local entries stay
-            model.load_state_dict(state)
+            _load_entries(model, global_models[name])   # FedBN's local entries are not in it: they stay
         self.previous = global_models
+
+
+def _load_entries(model: torch.nn.Module, weights: dict, only: set[str] | None = None) -> None:
+    """Load ``weights`` (all, or the ``only`` keys) into ``model``, keeping its other entries."""
+    state = model.state_dict()
+    state.update({key: value for key, value in to_state_dict(weights).items() if only is None or key in only})
+    model.load_state_dict(state)
 
 
 def _as_lists(signature: list) -> list:

@@ -150,6 +150,30 @@ def test_fedbn_resumes_every_site_from_its_own_checkpoint(tmp_path):
             assert torch.equal(value, expected[key]), (resumed.name, key)
 
 
+def test_a_site_resuming_fedbn_from_another_round_is_stopped(tmp_path):
+    part = [load(tmp_path / "part", f"c{i}", f"c{i}", fedbn=True, max_iter=3) for i in (1, 2)]
+    federate_locally(part, 2, lambda payloads: payloads)
+    for i, run_round in ((1, 2), (2, 1)):   # site 2 was given its checkpoint of round 1
+        source = tmp_path / "part" / f"out_c{i}" / "unfinished" / "checkpoint.pt"
+        saved = torch.load(source, weights_only=True)
+        saved["round"] = run_round
+        torch.save(saved, site_input(tmp_path / "rest" / f"in_c{i}", source=f"c{i}") / "resume.pt")
+    rest = [load(tmp_path / "rest", f"c{i}", f"c{i}", fedbn=True, max_iter=3, init_student="resume.pt")
+            for i in (1, 2)]
+    plan = rest[0].make_plan()
+    rest[0].adopt_plan(plan)
+    with pytest.raises(FederationError, match="init_student 'resume.pt' of site c2 holds round 1, the "
+                                              "coordinator's round 2"):
+        rest[1].adopt_plan(plan)
+
+
+def test_a_different_teacher_trained_by_the_federation_is_named(tmp_path):
+    coordinator = load(tmp_path, "c1", "c1", teacher_rounds=1)
+    other = load(tmp_path, "c2", "c2", teacher_rounds=1, teacher_model="student.py", teacher_weights=None)
+    with pytest.raises(FederationError, match=r"site c2's teacher \(student.py\) differs from the coordinator's"):
+        other.adopt_plan(coordinator.make_plan())
+
+
 def test_noise_never_leaves_a_negative_running_variance_or_non_finite_outputs(tmp_path):
     sites = [load(tmp_path, f"c{i}", f"c{i}", dp={"epsilon": 1.0, "clipping": 1.0}) for i in (1, 2)]
     federate_locally(sites, 1, lambda payloads: [list(np.asarray(change) - 100.0) for change in payloads])
