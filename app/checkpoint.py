@@ -2,9 +2,9 @@
 
 While a run is going, every round's global models are saved to
 ``<output>/unfinished/checkpoint.pt``: the folder of an earlier successful run
-is left alone until this run has succeeded too. On success the final checkpoint
-moves to ``<output>/checkpoint.pt`` and ``unfinished/`` disappears; after a
-failure it stays, next to ``error.txt``. A checkpoint holds tensors and numbers
+is left alone until this run has succeeded too. The final outputs are written
+there as well; on success all of them move to ``<output>/`` and ``unfinished/``
+disappears; after a failure it stays, with ``error.txt``. A checkpoint holds tensors and numbers
 only (loadable with ``weights_only=True``); naming it in ``init_student``
 resumes after its round with the same result as an uninterrupted run.
 """
@@ -22,6 +22,7 @@ from app.errors import ModelError
 
 UNFINISHED = "unfinished"
 CHECKPOINT = "checkpoint.pt"
+ERROR = "error.txt"
 FORMAT = "fc-knowledge-distillation checkpoint 1"
 
 
@@ -53,12 +54,14 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Pa
 
 
 def finish(output_dir: Path) -> None:
-    """Publish the last checkpoint next to the other outputs and drop ``unfinished/``."""
+    """Publish what ``unfinished/`` holds (the last checkpoint and the run's outputs) in
+    ``output_dir``, replacing an earlier run's files, and drop ``unfinished/``."""
     unfinished = output_dir / UNFINISHED
-    if (unfinished / CHECKPOINT).exists():
-        (unfinished / CHECKPOINT).replace(output_dir / CHECKPOINT)
+    for staged in sorted(unfinished.iterdir()):
+        if staged.is_file() and staged.name != ERROR:
+            staged.replace(output_dir / staged.name)
     shutil.rmtree(unfinished, ignore_errors=True)
 
 
 def write_error(output_dir: Path, message: str) -> None:
-    report.write_text(output_dir / UNFINISHED / "error.txt", message.rstrip() + "\n")
+    report.write_text(output_dir / UNFINISHED / ERROR, message.rstrip() + "\n")

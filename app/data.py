@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
-from app.errors import DataError
+from app.errors import DataError, first_line
 
 IMAGE_KEYS = ("images", "x")
 LABEL_KEYS = ("labels", "y")
@@ -205,16 +205,11 @@ def _torch_load(path: Path, name: str) -> Any:
         if "Unsupported global" not in str(error):
             raise _unreadable(name, "not a file written by torch.save") from error
     except Exception as error:
-        raise _unreadable(name, _first_line(error)) from error
+        raise _unreadable(name, first_line(error)) from error
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise _unreadable(name, _first_line(error)) from error
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise _unreadable(name, first_line(error)) from error
 
 
 def _unreadable(name: str, reason: str) -> DataError:
@@ -231,7 +226,7 @@ def _load_npz(path: Path, name: str) -> TensorData:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as error:  # np.load fails in many ways (BadZipFile, zlib.error, ValueError...)
-        raise _unreadable(name, _first_line(error)) from error
+        raise _unreadable(name, first_line(error)) from error
     return _from_mapping(arrays, name)
 
 

@@ -12,6 +12,13 @@ message and the test-bed shows it, so no traceback is needed to understand it.
 ERROR_MARKER = "KD-ERROR"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none), for messages
+    that quote a library's error without its whole text."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class KDError(Exception):
     """A problem the user can fix; the message says what and how."""
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from app.errors import ModelError
+from app.errors import ModelError, first_line
 
 # Keys under which training scripts commonly wrap a state_dict together with other things.
 WRAPPER_KEYS = ("state_dict", "model_state_dict")
@@ -245,8 +245,7 @@ def _read_checkpoint(path: Path, model_class: type, where: str) -> Any:
 
 
 def _unreadable(path: Path, where: str, error: BaseException) -> ModelError:
-    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return ModelError(f"{where}: cannot be read as PyTorch weights ({detail}). The file is truncated, "
+    return ModelError(f"{where}: cannot be read as PyTorch weights ({first_line(error)}). The file is truncated, "
                       f"corrupt or was not written by torch.save. Save the weights again with "
                       f"torch.save(model.state_dict(), '{path.name}') and copy the whole file.")
 

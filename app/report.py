@@ -23,6 +23,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
+from app.errors import first_line  # noqa: E402
+
 STUDENT_WEIGHTS = "student.pt"
 STUDENT_TORCHSCRIPT = "student_torchscript.pt"
 STUDENT_ONNX = "student.onnx"
@@ -64,27 +66,40 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
-def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
-    atomic_write(path, lambda handle: torch.save(dict(state_dict), handle))
+def save_state_dict(state_dict: Mapping[str, Any], path: Path) -> None:
+    """Saved with every tensor on the CPU, so a GPU site's file loads anywhere."""
+    atomic_write(path, lambda handle: torch.save(_on_cpu(state_dict), handle))
 
 
-def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _on_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    return value
+
+
+# The exports below take a CPU model and are reported in the returned dict, never raised:
+# a model an exporter cannot handle must not cost the run's other results.
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> dict:
     """A TorchScript file runnable without the model's Python source (traced on ``example``)."""
     model.eval()
     # TorchScript is deprecated in favour of torch.export but is still what most
     # deployment stacks load; the warning would only confuse users reading the log.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(model, example, check_trace=False)
-        atomic_write(path, lambda handle: torch.jit.save(traced, handle))
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(model, example, check_trace=False)
+            atomic_write(path, lambda handle: torch.jit.save(traced, handle))
+    except Exception as error:  # noqa: BLE001 — any tracing failure is reported the same way
+        return {"exported": False, "error": f"{type(error).__name__}: {first_line(error)}"}
+    return {"exported": True}
 
 
 def export_onnx(model: nn.Module, images: torch.Tensor, path: Path) -> dict:
-    """Export to ONNX (dynamic batch size) and check onnxruntime predicts like PyTorch on ``images``.
-
-    A model the exporter cannot handle is reported in the returned dict, not raised:
-    the run's other results matter more than this one file.
-    """
+    """Export to ONNX (dynamic batch size), written only once onnxruntime predicts like PyTorch
+    on ``images`` (or nearly: the returned dict says how near)."""
     model.eval()
     buffer = io.BytesIO()
     try:
@@ -94,15 +109,15 @@ def export_onnx(model: nn.Module, images: torch.Tensor, path: Path) -> dict:
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (images[:1],), buffer, dynamo=False, input_names=["images"],
                               output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    except Exception as error:  # noqa: BLE001 — any exporter failure is reported the same way
-        return {"exported": False, "error": f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"}
-    write_bytes(path, buffer.getvalue())
-    import onnxruntime   # only needed here; keeps start-up light
+        import onnxruntime   # only needed here; keeps start-up light
 
-    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(None, {"images": images.cpu().numpy()})[0]
+        session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+        onnx_logits = session.run(None, {"images": images.numpy()})[0]
+    except Exception as error:  # noqa: BLE001 — any exporter or runtime failure is reported the same way
+        return {"exported": False, "error": f"{type(error).__name__}: {first_line(error)}"}
+    write_bytes(path, buffer.getvalue())
     with torch.no_grad():
-        torch_logits = model(images).float().cpu().numpy()
+        torch_logits = model(images).float().numpy()
     return {"exported": True, "checked_samples": len(images),
             "max_abs_difference": float(abs(onnx_logits - torch_logits).max()),
             "same_predictions": bool((onnx_logits.argmax(1) == torch_logits.argmax(1)).all())}

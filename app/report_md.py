@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from app import report
+from app import checkpoint, report
 
 
 def percent(value: float | None) -> str:
@@ -174,13 +174,17 @@ def _files(metrics: dict) -> str:
                      f"test images: {verdict}, largest logit difference {onnx['max_abs_difference']:.2e}")
     else:
         onnx_line = f"`{report.STUDENT_ONNX}`: not exported ({onnx['error']})"
+    torchscript = metrics["torchscript"]
+    torchscript_line = f"`{report.STUDENT_TORCHSCRIPT}`: " + (
+        "TorchScript, runs without the model's Python file" if torchscript["exported"]
+        else f"not exported ({torchscript['error']})")
     lines = [f"`{report.STUDENT_WEIGHTS}`: the global student's state_dict (load with `torch.load(..., "
-             "weights_only=True)` into the student model)",
-             f"`{report.STUDENT_TORCHSCRIPT}`: TorchScript, runs without the model's Python file", onnx_line]
+             "weights_only=True)` into the student model)", torchscript_line, onnx_line]
     if "baseline" in metrics:
         lines.append(f"`{report.BASELINE_WEIGHTS}`: the baseline student's state_dict")
     lines += [f"`{report.METRICS}`, `{report.ROUNDS_CSV}`: every figure of this report",
-              "`checkpoint.pt`: the last round's global models; name it in `init_student` to continue training",
+              f"`{checkpoint.CHECKPOINT}`: the last round's global models; name it in `init_student` to continue "
+              "training",
               f"`{report.CONFIG}`: the settings used, defaults included; `{report.LOG}`: this site's log"]
     return "## Files\n\n" + "\n".join(f"- {line}" for line in lines)
 

@@ -3,9 +3,12 @@
 ``write_outputs`` measures the teacher and the final student (accuracy, size,
 latency, memory), assembles ``metrics.json`` and writes every other file from
 that one dictionary, so report.md, rounds.csv and the plots always agree with it.
+The files are written next to the round checkpoint in ``unfinished/`` and published
+together at the very end: a run failing on the way changes none of an earlier run's files.
 """
 from __future__ import annotations
 
+import copy
 import time
 from typing import TYPE_CHECKING
 
@@ -22,9 +25,8 @@ ONNX_CHECK_SAMPLES = 64
 
 def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
     """Write this site's outputs; ``federation`` (coordinator only) holds every site's summary."""
-    out = site.output_dir
+    out = site.output_dir / checkpoint.UNFINISHED
     _, check_images, _ = next(iter(site.test.batches(ONNX_CHECK_SAMPLES)))
-    check_images = check_images.to(site.device)
     teacher_size = summarize(site.teacher, site.train.sample_shape).as_dict()
     student_size = summarize(site.student, site.train.sample_shape).as_dict()
     metrics = {
@@ -45,20 +47,22 @@ def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
         metrics["federation"] = federation_summary(federation)
 
     report.save_state_dict(site.student.state_dict(), out / report.STUDENT_WEIGHTS)
-    report.export_torchscript(site.student, check_images[:1], out / report.STUDENT_TORCHSCRIPT)
-    metrics["onnx"] = report.export_onnx(site.student, check_images, out / report.STUDENT_ONNX)
+    cpu_student = copy.deepcopy(site.student).cpu()   # exports must run anywhere, whatever trained them
+    metrics["torchscript"] = report.export_torchscript(cpu_student, check_images[:1],
+                                                       out / report.STUDENT_TORCHSCRIPT)
+    metrics["onnx"] = report.export_onnx(cpu_student, check_images, out / report.STUDENT_ONNX)
     if "baseline" in site.models:
         report.save_state_dict(site.models["baseline"].state_dict(), out / report.BASELINE_WEIGHTS)
     _write_plots(metrics, out)
-    report.write_config(effective_document(read_document(site.input_dir / "config.yml"), site.config),
+    report.write_config(effective_document(read_document(site.input_dir / report.CONFIG), site.config),
                         out / report.CONFIG)
     report.write_rounds_csv(site.rounds, out / report.ROUNDS_CSV)
     metrics["seconds"] = time.time() - site.started
     report.write_json(out / report.METRICS, metrics)
     report.write_text(out / report.REPORT, render_report(metrics))
-    checkpoint.finish(out)
-    site.log(f"outputs written to {out}")
+    site.log(f"outputs written to {site.output_dir}")
     report.write_text(out / report.LOG, "\n".join(site.log_lines) + "\n")
+    checkpoint.finish(site.output_dir)
     return metrics
 
 

@@ -67,6 +67,15 @@ def test_torchscript_export_runs_without_the_python_class(tmp_path):
     torch.testing.assert_close(loaded(other), model(other))
 
 
+def test_a_model_tracing_cannot_handle_is_reported_not_raised(tmp_path):
+    class DictOutput(nn.Module):
+        def forward(self, x):
+            return {"logits": x.flatten(1)}
+    result = report.export_torchscript(DictOutput(), torch.randn(1, 1, 4, 4), tmp_path / "student_torchscript.pt")
+    assert result["exported"] is False and "dict" in result["error"].lower()
+    assert not (tmp_path / "student_torchscript.pt").exists()
+
+
 def test_state_dict_round_trip(tmp_path):
     model = nn.Linear(3, 2)
     report.save_state_dict(model.state_dict(), tmp_path / "student.pt")

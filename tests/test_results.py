@@ -3,8 +3,10 @@ import json
 import re
 
 import pytest
+import torch
 from PIL import Image
 
+from app import report
 from app.report_md import milliseconds, number, percent, size, times
 from app.results import write_outputs
 from app.site import Site
@@ -99,3 +101,23 @@ def test_onnx_export_predicts_like_pytorch(outputs):
     assert check["exported"] and check["same_predictions"] and check["checked_samples"] == 64
     assert check["max_abs_difference"] < 1e-4
     assert (folder / "student.onnx").stat().st_size > 10_000
+
+
+def test_a_run_failing_while_writing_changes_no_earlier_output(tmp_path, monkeypatch):
+    site = Site.load(site_input(tmp_path / "in", max_iter=1, batch_size=32), tmp_path / "out", "c1",
+                     log=lambda message: None)
+    site.adopt_plan(site.make_plan())
+    site.prepare_teacher()
+    site.apply_global(site.aggregate([site.train_round(0)], sites=1), 0)
+    write_outputs(site, federation=[site.summary()])
+    earlier = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir() if path.is_file()}
+    with torch.no_grad():
+        next(site.student.parameters()).add_(1.0)   # the next run's student differs
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+    monkeypatch.setattr(report, "plot_confusion", broken_plot)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        write_outputs(site, federation=[site.summary()])
+    assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir() if path.is_file()} == earlier
+    assert "student.pt" in earlier and "report.md" in earlier
