@@ -17,8 +17,11 @@ from torch import nn
 
 from app.config import parse_config
 from app.data import as_data, check_compatible
-from app.errors import DataError
+from app.models import check_outputs, dry_run
 from app.training import TrainSettings, compute_logits, evaluate, resolve_device, train_local
+
+
+DRY_RUN_BATCH = 4
 
 
 @dataclass
@@ -33,13 +36,14 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
             temperature: float = 2.0, alpha: float = 0.5, loss: str = "kl", epochs: int = 5,
             batch_size: int = 256, learning_rate: float = 1e-3, optimizer: str = "adam",
             momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
-            num_classes: int | None = None, log: Callable[[str], None] | None = None) -> History:
+            log: Callable[[str], None] | None = None) -> History:
     """Distill the frozen ``teacher`` into ``student`` on ``train`` for ``epochs`` epochs.
 
     ``train``/``test``: a path (.pt/.pth/.npz/image folder), an ``(images, labels)`` pair of
     tensors or arrays, a torch Dataset, or ``app.data.TensorData``. With ``test`` given, each
-    epoch record has the student's test ``accuracy`` and ``loss``. ``num_classes`` defaults
-    to the largest label + 1. The teacher's logits are computed once and reused every epoch.
+    epoch record has the student's test ``accuracy`` and ``loss``. One batch first goes through
+    both models, so a model whose outputs do not fit the labels (or each other) is reported before
+    training. The teacher's logits are computed once and reused every epoch.
     """
     config = parse_config({"temperature": temperature, "alpha": alpha, "loss": loss, "local_epochs": 1,
                            "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
@@ -51,13 +55,14 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     test_data = as_data(test, "test") if test is not None else None
     if test_data is not None:
         check_compatible(train_data, test_data)
-    classes = num_classes or max(train_data.num_classes_seen,
-                                 test_data.num_classes_seen if test_data is not None else 0)
-    if train_data.num_classes_seen > classes:
-        raise DataError(f"train: labels go up to {train_data.num_classes_seen - 1} but num_classes is {classes}")
     run_on = resolve_device(config.device)
     teacher.to(run_on).eval()
     student.to(run_on)
+    _, sample, _ = next(iter(train_data.batches(DRY_RUN_BATCH)))
+    labels_need = max(train_data.num_classes_seen, test_data.num_classes_seen if test_data is not None else 0)
+    classes = check_outputs(dry_run(teacher, sample.to(run_on), "teacher_model"),
+                            dry_run(student, sample.to(run_on), "student_model"), labels_need,
+                            (type(teacher).__name__, type(student).__name__))
     logits = compute_logits(teacher, train_data, run_on)
     history = History(teacher_accuracy=evaluate(teacher, test_data, classes, run_on).accuracy
                       if test_data is not None else None)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       model_validator)
 
 from app.errors import ConfigError
@@ -41,7 +41,7 @@ def _field(default: Any, allowed: str, **constraints: Any) -> Any:
     return Field(default, json_schema_extra={"allowed": allowed}, **constraints)
 
 
-Number = Annotated[float, BeforeValidator(_number)]
+Number = Annotated[float, BeforeValidator(_number), AllowInfNan(False)]   # .inf/.nan: never meant
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
@@ -212,7 +212,7 @@ def _section(document: Any, source: str) -> dict:
 
 def _describe(error: dict) -> str:
     loc = [str(part) for part in error["loc"]]
-    if not loc or loc == ["dp"] and error["type"] == "value_error":
+    if not loc or (loc == ["dp"] and error["type"] == "value_error"):
         return str(error["ctx"]["error"])   # a rule about several keys together, already worded
     key = ".".join(loc)
     schema = _schema_of(loc[:-1])
@@ -222,7 +222,8 @@ def _describe(error: dict) -> str:
         return f"{key}: unknown key{hint}"
     field = schema.model_fields.get(loc[-1])
     allowed = (field.json_schema_extra or {}).get("allowed") if field else None
-    return f"{key}: {error['input']!r} — must be {allowed or error['msg']}"
+    finite = "finite, and " if error["type"] == "finite_number" else ""
+    return f"{key}: {error['input']!r} — must be {finite}{allowed or error['msg']}"
 
 
 def _schema_of(path: list[str]) -> type[BaseModel]:

@@ -75,8 +75,8 @@ def _module_name(path: Path, key: str) -> str:
 
 
 def _role(key: str) -> str:
-    """'teacher' for 'teacher_model' / 'teacher_weights', 'student' for 'student_model'."""
-    return key.rsplit("_", 1)[0]
+    """'teacher' for 'teacher_model' / 'teacher_weights', 'student' for 'student_model' / 'init_student'."""
+    return "student" if key == "init_student" else key.rsplit("_", 1)[0]
 
 
 def _import_file(path: Path, key: str, where: str) -> types.ModuleType:

@@ -2,8 +2,8 @@
 
 The teacher is frozen, so distillation normally reads its logits from a cache
 computed once per site (``compute_logits``) and indexed by sample position;
-passing the teacher itself instead runs it on every batch (the "online" path,
-kept for data that cannot be cached and to check that both agree).
+passing the teacher itself instead runs it on every batch (the "online" path of
+the original apps: the reference the tests hold the cache to).
 
 Randomness (shuffle order, dropout) is derived from (seed, round, epoch) only,
 so a round trains the same way whether the run was interrupted before it or not.
@@ -154,7 +154,7 @@ def _teacher_targets(cached: torch.Tensor | None, teacher: nn.Module | None, ind
                      images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if cached is not None:
         return cached[indices].to(device)
-    with torch.inference_mode():
+    with torch.no_grad():   # not inference_mode: mse_loss saves these targets for backward
         return teacher(images).float()
 
 

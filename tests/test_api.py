@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from app.api import distill
-from app.errors import ConfigError
+from app.errors import ConfigError, ModelError
 from app.models import build_model, load_weights
 from tests.conftest import SAMPLE
 
@@ -40,3 +40,24 @@ def test_bad_hyper_parameter_gets_the_config_message():
     teacher, student = sample_models()
     with pytest.raises(ConfigError, match="distill\\(\\): alpha: 1.5 — must be a number between 0 and 1"):
         distill(teacher, student, SAMPLE / "c1" / "test.npz", alpha=1.5)
+
+
+def test_accuracy_counts_over_the_models_outputs_not_the_labels_seen():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    images, labels = torch.rand(40, 1, 4, 4), torch.randint(0, 5, (40,))   # labels 0..4 only
+    history = distill(teacher, student, (images, labels), (images, labels), epochs=1, batch_size=8)
+    with torch.no_grad():
+        expected = (student(images).argmax(1) == labels).float().mean().item()
+    assert history.epochs[0]["accuracy"] == pytest.approx(expected)
+
+
+def test_models_too_small_for_the_labels_are_named_before_training():
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    images, labels = torch.rand(40, 1, 4, 4), torch.arange(40) % 5
+    before = student[1].weight.detach().clone()
+    with pytest.raises(ModelError, match="outputs 3 classes, but the labels go up to 4"):
+        distill(teacher, student, (images, labels), epochs=1, batch_size=8)
+    assert torch.equal(before, student[1].weight)

@@ -66,6 +66,9 @@ def test_every_problem_is_reported_at_once_with_key_value_and_allowed_range(tmp_
     ("device: gpu", "device: 'gpu' — must be one of: auto, cpu, cuda"),
     ("teacher_args: 3", "teacher_args: 3 — must be a mapping of keyword arguments"),
     ("optimizer: rmsprop", "optimizer: 'rmsprop' — must be one of: adam, sgd"),
+    ("weight_decay: .inf", "weight_decay: inf — must be finite, and a number ≥ 0"),
+    ("dp: {epsilon: .inf}", "dp.epsilon: inf — must be finite, and a number > 0"),
+    ("alpha: .nan", "alpha: nan — must be a number between 0 and 1"),
 ])
 def test_wrong_types_and_values(text, expected):
     with pytest.raises(ConfigError, match=expected):

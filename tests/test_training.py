@@ -55,13 +55,14 @@ def test_seeded_training_is_reproducible_and_the_seed_matters():
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
-def test_cached_teacher_logits_give_the_same_student_as_the_online_teacher():
+@pytest.mark.parametrize("loss", ["kl", "mse", "soft_ce"])
+def test_cached_teacher_logits_give_the_same_student_as_the_online_teacher(loss):
     data = blobs()
     teacher = net(seed=1, dropout=0.5)   # dropout: the teacher must be in eval mode to be cacheable
     train_local(teacher, data, TrainSettings(epochs=3, batch_size=32, learning_rate=0.01))
     teacher_before = weights(teacher)
     teacher.zero_grad(set_to_none=True)
-    settings = TrainSettings(epochs=2, batch_size=32, learning_rate=0.01, alpha=0.7, temperature=3.0)
+    settings = TrainSettings(epochs=2, batch_size=32, learning_rate=0.01, alpha=0.7, temperature=3.0, loss=loss)
     cached, online = net(seed=2), net(seed=2)
     train_local(cached, data, settings, teacher_logits=compute_logits(teacher, data))
     teacher.train()   # train_local must put it back in eval mode
