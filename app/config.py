@@ -140,9 +140,7 @@ def effective_document(original: Any, config: KDConfig) -> dict:
     value actually used, defaults included, so a reader sees the whole run.
     """
     ours = config.model_dump()
-    if isinstance(original, dict) and SECTION in original:
-        return {**original, SECTION: ours}
-    if isinstance(original, dict) and not _looks_flat(original):
+    if isinstance(original, dict) and (SECTION in original or not _looks_flat(original)):
         return {**original, SECTION: ours}
     return {SECTION: ours}
 

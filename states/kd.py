@@ -13,7 +13,7 @@ from FeatureCloud.app.engine.app import Role, app_state
 
 from app.results import write_outputs
 from app.site import Site
-from states.base import PATHS, KDState
+from states.base import PATHS, RESULTS_SHARE, KDState
 
 
 @app_state("initial", Role.BOTH)
@@ -83,7 +83,7 @@ class WriteResultsState(KDState):
 
     def step(self) -> str:
         site = self.site
-        self.report("writing results", 0.97)
+        self.report("writing results", 1 - RESULTS_SHARE)
         if self.is_coordinator:
             self.send_data_to_coordinator(site.summary(), memo="done")
             write_outputs(site, federation=self.gather_data(memo="done"))

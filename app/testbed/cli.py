@@ -36,9 +36,7 @@ def main(argv: list[str], *, entry: Path = APP_ENTRY, summary: Summary | None = 
         return int(exit_.code or 0)
     try:
         client_dirs = _client_dirs(args.client_dirs)
-        timeouts = Timeouts(run=args.timeout)
-        if args.image:
-            timeouts = Timeouts(run=args.timeout, start=CONTAINER_START_TIMEOUT)
+        timeouts = Timeouts(run=args.timeout, start=CONTAINER_START_TIMEOUT if args.image else Timeouts.start)
         launcher = DockerLauncher(args.image, start_timeout=timeouts.start) if args.image else None
         result = run_federation(client_dirs, args.generic_dir, args.output_dir, args.entry,
                                 query_interval=args.query_interval, dp_seed=args.dp_seed,

@@ -2,8 +2,8 @@
 
 The controller only needs the seam below: start a client (which gives the URL of
 its FeatureCloud API), ask whether it still runs, read its log, stop it. The
-local launcher runs each client as its own process group; a container launcher
-can implement the same seam (its API URL then points at the container's port).
+local launcher here runs each client as its own process group; ``docker.py``'s
+runs each in a container (its API URL then points at the container's nginx port).
 """
 from __future__ import annotations
 
