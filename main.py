@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 # Engine waits the local test-bed may shorten; the container keeps the platform's defaults.
-ENGINE_WAITS = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_WAIT": "TERMINAL_WAIT",
-                "FC_DATA_POLL_INTERVAL": "DATA_POLL_INTERVAL"}
+ENGINE_WAIT_ATTRIBUTES = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_WAIT": "TERMINAL_WAIT",
+                          "FC_DATA_POLL_INTERVAL": "DATA_POLL_INTERVAL"}
 
 
 def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path | None = None,
@@ -29,7 +29,7 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
     import states
 
     if shorten_waits:
-        for variable, name in ENGINE_WAITS.items():
+        for variable, name in ENGINE_WAIT_ATTRIBUTES.items():
             if variable in os.environ:
                 setattr(engine, name, float(os.environ[variable]))
     if "KD_NUM_THREADS" in os.environ:

@@ -30,7 +30,7 @@ from app.testbed.routing import Delivery, Post, Router, RoutingError
 from app.testbed.sites import Site, UsageError, check_arguments, prepare_sites
 
 # Engine waits shortened for local runs (the platform's are 1 s, 10 s and 0.1 s).
-ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "1", "FC_DATA_POLL_INTERVAL": "0.02"}
+SHORT_ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "1", "FC_DATA_POLL_INTERVAL": "0.02"}
 SETUP_SLEEP = 1.0   # the engine's POST /setup handler sleeps this long before answering
 WEB_TIMEOUT = 1.0   # the state name in failure messages is a nicety: never wait long for it
 # Until a container's app listens, nginx logs one "connect() failed" line per poll: a few are plenty.
@@ -117,7 +117,7 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
 def client_env(n_clients: int, extra: dict[str, str] | None) -> dict[str, str]:
     """Environment of every client: short engine waits and a fair share of the CPU cores."""
     threads = max(1, (os.cpu_count() or 1) // n_clients)
-    return {**ENGINE_WAITS, "KD_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(extra or {})}
+    return {**SHORT_ENGINE_WAITS, "KD_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
 @dataclass

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.testbed.controller import ENGINE_WAITS, SiteFailure
+from app.testbed.controller import SHORT_ENGINE_WAITS, SiteFailure
 from app.testbed.launcher import ClientSpec, die_with_parent
 from app.testbed.sites import UsageError
 
@@ -152,7 +152,7 @@ class DockerLauncher:
 
     def start(self, spec: ClientSpec) -> ContainerClient:
         name = f"fc-kd-{self.run_id}-{re.sub(r'[^A-Za-z0-9_.-]', '-', spec.id)}"
-        environment = [arg for key, value in spec.env.items() if key not in ENGINE_WAITS
+        environment = [arg for key, value in spec.env.items() if key not in SHORT_ENGINE_WAITS
                        for arg in ("--env", f"{key}={value}")]
         command = ["run", "--detach", "--pull", "never", "--name", name,
                    "--label", self.label, "--label", f"{LABEL}.site={spec.id}",
