@@ -64,6 +64,9 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(argv[1:])
         serve(args.host, args.port, args.input_dir.resolve(), args.output_dir.resolve(), shorten_waits=True)
         return 0
+    if argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
     print(__doc__, file=sys.stderr)
     return 2
 

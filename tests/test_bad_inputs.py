@@ -42,7 +42,7 @@ class Sites:
 class Case:
     id: str
     breaks: Callable[[Sites], None]
-    expected: tuple[str, ...]   # substrings of the message, after "site <site>: "
+    expected: tuple[str, ...]   # substrings of the message, which starts "site <site>: "
     site: str = "site2"
 
 
@@ -239,7 +239,7 @@ CASES = [
          ("student_model 'student.py' outputs 12 classes but teacher_model 'teacher.py' outputs 10",
           "Change the output size of student.py")),
     Case("student-architecture-differs-between-sites", model_file("student.py", student_with(channels=4)),
-         ("site site2's student (student.py) differs from the coordinator's",
+         ("site site2: student (student.py) differs from the coordinator's",
           "Every site must use the same student_model file and student_args")),
     # teacher weights
     Case("teacher-weights-do-not-fit", teacher_weights_of_another_network,

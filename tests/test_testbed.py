@@ -334,6 +334,7 @@ def test_client_dying_at_start_up_is_named_with_its_log_tail(tmp_path):
     ("no client", "--client-dirs is empty"),
     ("empty entry", "--client-dirs '{tmp}/c1,,{tmp}/c2' has an empty entry"),
     ("bad interval", "query interval must be positive, got 0.0"),
+    ("bad timeout", "run time limit must be positive, got -1. Fix --timeout."),
     ("output over input", "output dir '{tmp}' would overwrite the input folder '{tmp}/c1'"),
 ])
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys, case, expected):
@@ -353,6 +354,8 @@ def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys, case, expected)
         clients = f"{tmp_path}/c1,,{tmp_path}/c2"
     elif case == "bad interval":
         extra = ["--query-interval", "0"]
+    elif case == "bad timeout":
+        extra = ["--timeout", "-1"]
     elif case == "output over input":
         output = str(tmp_path)
 

@@ -67,8 +67,8 @@ def _parser(entry: Path) -> argparse.ArgumentParser:
     parser.add_argument("--query-interval", type=float, default=0.1, help="seconds between polls (default 0.1)")
     parser.add_argument("--dp-seed", type=int, default=0, help="seed of the differential-privacy noise (default 0)")
     parser.add_argument("--timeout", type=float, default=None, help="fail the run after this many seconds")
-    parser.add_argument("--entry", type=Path, default=entry,
-                        help=f"the app's entry script, run as '<entry> serve ...' per client (default {entry})")
+    # The app's entry script, run as '<entry> serve ...' per client; another one only in tests.
+    parser.add_argument("--entry", type=Path, default=entry, help=argparse.SUPPRESS)
     parser.add_argument("--image", default=None, metavar="NAME:TAG",
                         help="run each client in a container of this local Docker image (never pulled) instead "
                              "of a process; containers are labelled fc-knowledge-distillation.testbed")

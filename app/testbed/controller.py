@@ -67,9 +67,13 @@ class SiteFailure(Exception):
     """The run failed, because of `site` when one is to blame."""
 
     def __init__(self, site: str | None, message: str):
-        prefix = f"site {site}: "
-        # KD-ERROR messages of the app name their site already.
-        super().__init__(message if site is None or message.startswith(prefix) else prefix + message)
+        if site is not None:
+            # The app's messages often name their site already: "site c2: site c2's config.yml ..."
+            # or "site c2's config.yml ..." both become "site c2: config.yml ...".
+            prefix, possessive = f"site {site}: ", f"site {site}'s "
+            message = message.removeprefix(prefix)
+            message = prefix + (message[len(possessive):] if message.startswith(possessive) else message)
+        super().__init__(message)
         self.site = site
 
 
@@ -87,6 +91,8 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
     started = time.monotonic()
     if query_interval <= 0:
         raise UsageError(f"query interval must be positive, got {query_interval}. Fix --query-interval.")
+    if timeouts is not None and timeouts.run is not None and timeouts.run <= 0:
+        raise UsageError(f"run time limit must be positive, got {timeouts.run:g}. Fix --timeout.")
     check_arguments(client_dirs, generic_dir, output_root)
     if launcher is None:
         if entry is None or not entry.is_file():
@@ -108,10 +114,23 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
         message = f"federation of {len(sites)} clients finished in {elapsed:.1f} s"
         print(f"[testbed] {message}", file=out, flush=True)
     else:
-        message = str(failure)
+        message = _in_user_folders(str(failure), sites, client_dirs, generic_dir)
     return FederationResult(ok=failure is None, message=message, failed_site=failure.site if failure else None,
                             coordinator=sites[0].id, outputs=outputs, logs={s.id: s.log_path for s in sites},
                             traffic=federation.traffic, elapsed=elapsed)
+
+
+def _in_user_folders(message: str, sites: list[Site], client_dirs: list[Path], generic_dir: Path | None) -> str:
+    """``message`` with the clients' temporary input folders (gone once the run ends) replaced by the
+    client folders the user gave, and a word on where a site's input comes from."""
+    for site, client_dir in zip(sites, client_dirs):
+        temporary = {str(site.input_dir.resolve()), str(site.input_dir)}
+        if any(path in message for path in temporary):
+            for path in temporary:
+                message = message.replace(path, str(client_dir))
+            generic = f" with the generic folder {generic_dir}'s files copied in" if generic_dir else ""
+            message += f" (site {site.id}'s input folder is {client_dir}{generic})"
+    return message
 
 
 def client_env(n_clients: int, extra: dict[str, str] | None) -> dict[str, str]:
@@ -173,7 +192,7 @@ class _Federation:
 
     def _start(self, env: dict[str, str]) -> None:
         roles = ", ".join(f"{s.id} (coordinator)" if s.coordinator else s.id for s in self.sites)
-        self._say(f"starting {roles}; logs in {self.sites[0].log_path.parent}/<id>.log")
+        self._say(f"starting {roles}; logs: {', '.join(str(site.log_path) for site in self.sites)}")
         for site in self.sites:
             handle = self.launcher.start(ClientSpec(site.id, site.input_dir, site.output_dir, site.log_path, env))
             self.handles.append(handle)
@@ -344,8 +363,10 @@ def _keep_outputs(sites: list[Site], output_root: Path, ok: bool, out: TextIO) -
         shutil.move(site.output_dir, target)
         kept[site.id] = target
     if not ok:
-        print(f"[testbed] partial outputs of this failed run: {output_root}/<id>.failed/; "
-              f"earlier results in {output_root}/<id>/ were left untouched", file=out, flush=True)
+        earlier = [str(output_root / site.id) for site in sites if (output_root / site.id).is_dir()]
+        untouched = f"; earlier results in {', '.join(earlier)} were left untouched" if earlier else ""
+        print(f"[testbed] partial outputs of this failed run: {', '.join(map(str, kept.values()))}{untouched}",
+              file=out, flush=True)
     return kept
 
 
