@@ -9,6 +9,18 @@ import numpy as np
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
+def idx_file(folder: Path, stem: str) -> Path | None:
+    """``stem.gz`` or ``stem`` in ``folder``, whichever exists (MNIST ships gzipped)."""
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """The array stored in an IDX file, e.g. MNIST images as uint8 [N, 28, 28]."""
     path = Path(path)

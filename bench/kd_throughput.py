@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # run as a script from anywhere: `app` lives in the repo root
 
 from app.data import TensorData  # noqa: E402
-from app.idx import read_idx  # noqa: E402
+from app.idx import idx_file, read_idx  # noqa: E402
 from app.losses import kd_loss  # noqa: E402
 from app.models import build_model, parameter_count  # noqa: E402
 from app.training import TrainSettings, compute_logits, train_local  # noqa: E402
 
-DEFAULT_MNIST = Path("/work/shared/datasets/mnist")
+DEFAULT_MNIST = ROOT.parent / "shared" / "datasets" / "mnist"   # next to the repository
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "kd_throughput.txt"
 TEACHER_FILE = ROOT / "models" / "mnist_cnn_teacher.py"
 STUDENT_FILE = ROOT / "models" / "mnist_cnn_student.py"
@@ -69,8 +69,8 @@ def load_mnist(mnist_dir: Path, sample_dir: Path, samples: int) -> tuple[TensorD
 
     Falls back to the sample federation's ``c*/train.npz`` when ``mnist_dir`` lacks MNIST.
     """
-    images_file = _idx_file(mnist_dir, "train-images-idx3-ubyte")
-    labels_file = _idx_file(mnist_dir, "train-labels-idx1-ubyte")
+    images_file = idx_file(mnist_dir, "train-images-idx3-ubyte")
+    labels_file = idx_file(mnist_dir, "train-labels-idx1-ubyte")
     if images_file and labels_file:
         images, labels = read_idx(images_file)[:samples], read_idx(labels_file)[:samples]
         source = f"real MNIST training images from {mnist_dir}"
@@ -88,13 +88,6 @@ def load_mnist(mnist_dir: Path, sample_dir: Path, samples: int) -> tuple[TensorD
         source = f"sample data {', '.join(str(f.relative_to(sample_dir)) for f in site_files)} in {sample_dir} " \
                  f"(no MNIST in {mnist_dir})"
     return TensorData(images, labels, name="benchmark data"), source
-
-
-def _idx_file(folder: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.gz", stem):
-        if (folder / name).is_file():
-            return folder / name
-    return None
 
 
 # --------------------------------------------------------------------------- the three loops

@@ -36,14 +36,13 @@ from app.aggregation import flatten, to_arrays  # noqa: E402
 from app.api import distill  # noqa: E402
 from app.config import SECTION  # noqa: E402
 from app.data import TensorData  # noqa: E402
-from app.idx import read_idx  # noqa: E402
+from app.idx import MNIST_FILES, idx_file, read_idx  # noqa: E402
 from app.models import build_model, load_weights  # noqa: E402
 from app.site import Site  # noqa: E402
 from app.training import evaluate  # noqa: E402
-from bench.kd_throughput import _idx_file, _positive  # noqa: E402
+from bench.kd_throughput import DEFAULT_MNIST, _positive  # noqa: E402
 from scripts.make_sample_data import split_clients  # noqa: E402
 
-DEFAULT_MNIST = Path("/work/shared/datasets/mnist")
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "noniid.txt"
 SAMPLE = ROOT / "sample_data"
 # The sample teacher was trained on the first 30,000 images of this permutation of the MNIST
@@ -79,9 +78,7 @@ class Outcome:
 
 def load_pool(mnist_dir: Path, sample_dir: Path) -> Pool:
     """MNIST training images the sample teacher did not see, and t10k; else the sample sites' data."""
-    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-             "t10k-labels-idx1-ubyte")
-    files = [_idx_file(mnist_dir, stem) for stem in stems]
+    files = [idx_file(mnist_dir, stem) for stem in MNIST_FILES]
     if all(files):
         images, labels, test_images, test_labels = (read_idx(f) for f in files)
         unseen = np.random.default_rng(TEACHER_SEED).permutation(len(labels))[TEACHER_IMAGES:]
@@ -92,7 +89,7 @@ def load_pool(mnist_dir: Path, sample_dir: Path) -> Pool:
     folders = sorted(f for f in sample_dir.glob("c*") if (f / "train.npz").is_file() and (f / "test.npz").is_file())
     if not folders:
         raise SystemExit(
-            f"noniid: no MNIST in {mnist_dir} (looked for {', '.join(stems)}, optionally .gz) and no sample "
+            f"noniid: no MNIST in {mnist_dir} (looked for {', '.join(MNIST_FILES)}, optionally .gz) and no sample "
             f"sites {sample_dir}/c*/train.npz + test.npz. Pass --mnist-dir with the folder holding the MNIST "
             f"IDX files, or create the sample data with scripts/make_sample_data.py.")
     train, test = (concatenate([read_npz(f / name) for f in folders]) for name in ("train.npz", "test.npz"))

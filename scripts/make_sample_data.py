@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.data import TensorData  # noqa: E402
-from app.idx import read_idx  # noqa: E402
+from app.idx import MNIST_FILES, idx_file, read_idx  # noqa: E402
 from app.models import build_model, parameter_count  # noqa: E402
 from app.partition import dirichlet_shares, split_by_shares, split_iid  # noqa: E402
 from app.training import TrainSettings, evaluate, train_local  # noqa: E402
@@ -81,10 +81,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    x_train = read_idx(args.mnist_dir / "train-images-idx3-ubyte.gz")
-    y_train = read_idx(args.mnist_dir / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    x_test = read_idx(args.mnist_dir / "t10k-images-idx3-ubyte.gz")
-    y_test = read_idx(args.mnist_dir / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+    files = {stem: idx_file(args.mnist_dir, stem) for stem in MNIST_FILES}
+    missing = [f"{stem}[.gz]" for stem, path in files.items() if path is None]
+    if missing:
+        print(f"error: MNIST files not found in {args.mnist_dir}: {', '.join(missing)}. Pass --mnist-dir with "
+              "the folder holding the four MNIST IDX files (gzipped or not).", file=sys.stderr)
+        return 2
+    x_train, y_train, x_test, y_test = (read_idx(path) for path in files.values())
+    y_train, y_test = y_train.astype(np.int64), y_test.astype(np.int64)
 
     order = np.random.default_rng(args.seed).permutation(len(y_train))
     teacher_idx, client_pool = order[:args.teacher_samples], order[args.teacher_samples:]

@@ -1,0 +1,64 @@
+"""scripts/make_sample_data.py: a sample federation from the MNIST IDX files, seeded, IID or skewed."""
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from app.models import build_model, load_weights
+from tests.conftest import REPO
+
+MNIST = REPO.parent / "shared" / "datasets" / "mnist"
+TINY = ["--train-per-client", "60", "--test-per-client", "20", "--teacher-samples", "300", "--teacher-epochs", "1"]
+needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"no MNIST IDX files in {MNIST}")
+
+
+def make(out, *args, mnist=MNIST) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "make_sample_data.py"), "--mnist-dir", str(mnist),
+                           "--out", str(out), *TINY, *args], capture_output=True, text=True, timeout=300)
+
+
+def site_arrays(folder) -> dict[str, np.ndarray]:
+    arrays = {}
+    for part in ("train", "test"):
+        with np.load(folder / f"{part}.npz") as data:
+            arrays[f"{part}_images"], arrays[f"{part}_labels"] = data["images"], data["labels"]
+    return arrays
+
+
+@needs_mnist
+def test_iid_sites_are_disjoint_real_mnist_and_the_same_for_the_same_seed(tmp_path):
+    for run in ("a", "b"):
+        done = make(tmp_path / run, "--clients", "3")
+        assert done.returncode == 0, done.stderr
+    sites = [site_arrays(tmp_path / "a" / f"c{i}") for i in (1, 2, 3)]
+    for i, site in enumerate(sites, start=1):
+        assert site["train_images"].shape == (60, 28, 28) and site["train_images"].dtype == np.uint8
+        assert site["test_images"].shape == (20, 28, 28)
+        assert site["train_labels"].dtype == np.int64 and set(site["train_labels"]) <= set(range(10))
+        again = site_arrays(tmp_path / "b" / f"c{i}")
+        assert all(np.array_equal(site[key], again[key]) for key in site)
+    digests = [{hashlib.sha1(image.tobytes()).hexdigest() for image in site["train_images"]} for site in sites]
+    assert sum(map(len, digests)) == len(set.union(*digests)) == 180   # no image at two sites
+    generic = tmp_path / "a" / "generic"
+    assert {p.name for p in generic.iterdir()} >= {"config.yml", "teacher.py", "student.py", "teacher.pt"}
+    load_weights(build_model(generic / "teacher.py", {}, "teacher_model"), generic / "teacher.pt")
+
+
+@needs_mnist
+def test_a_dirichlet_split_leaves_sites_with_very_different_class_mixes(tmp_path):
+    done = make(tmp_path, "--clients", "3", "--split", "dirichlet", "--dirichlet-alpha", "0.1")
+    assert done.returncode == 0, done.stderr
+    counts = np.array([np.bincount(site_arrays(tmp_path / f"c{i}")["train_labels"], minlength=10)
+                       for i in (1, 2, 3)])
+    assert (counts == 0).any()   # alpha 0.1: some site never sees some class
+    assert "dirichlet" in (tmp_path / "generic" / "config.yml").read_text().lower()
+
+
+def test_missing_mnist_files_are_named_in_one_line(tmp_path):
+    done = make(tmp_path / "out", mnist=tmp_path / "nowhere")
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: MNIST files not found in {tmp_path / 'nowhere'}: train-images-idx3-ubyte")
+    assert "--mnist-dir" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
