@@ -231,13 +231,12 @@ class Site:
                     device=self.device, role="teacher")
         return self.wire.encode(self.name, self._shared(teacher), len(self.train), self.previous)
 
-    def apply_teacher(self, global_models: Models, round_index: int) -> float:
-        """Load the federated teacher; its accuracy on this site's test set."""
+    def apply_teacher(self, global_models: Models, round_index: int) -> None:
+        """Load the federated teacher and log its accuracy on this site's test set."""
         self._load_global({"teacher": self.teacher}, global_models)
         accuracy = evaluate(self.teacher, self.test, self.num_classes, self.device).accuracy
         self.log(f"teacher round {round_index + 1}/{self.config.teacher_rounds}: "
                  f"global teacher test accuracy {accuracy:.4f}")
-        return accuracy
 
     def prepare_teacher(self) -> Evaluation:
         """Train the teacher locally if asked, evaluate it, freeze it and cache its training-set logits."""
@@ -273,7 +272,7 @@ class Site:
         """The coordinator's global models from what the controller delivered of ``sites`` sites."""
         return self.wire.decode(received, self.previous, sites)
 
-    def apply_global(self, global_models: Models, round_index: int) -> dict:
+    def apply_global(self, global_models: Models, round_index: int) -> None:
         """Load the global models, evaluate them on this site's test set, record the round, checkpoint."""
         self._load_global(self.models, global_models)
         self.evaluations = {name: evaluate(model, self.test, self.num_classes, self.device)
@@ -290,7 +289,6 @@ class Site:
         baseline = f", baseline {record['baseline_accuracy']:.4f}" if "baseline" in self.models else ""
         self.log(f"round {record['round']}/{self.config.max_iter}: train loss {record['train_loss']:.4f}, "
                  f"global student test accuracy {record['accuracy']:.4f}{baseline}")
-        return record
 
     def summary(self) -> dict:
         """The few numbers the coordinator collects from every site for the federation report."""
