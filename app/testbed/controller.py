@@ -27,7 +27,7 @@ from app.testbed.client_api import BadAnswer, ClientApi, RequestFailed, Status, 
 from app.testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher, stop_all
 from app.testbed.logs import error_from_log, tail
 from app.testbed.routing import Delivery, Post, Router, RoutingError
-from app.testbed.sites import Site, UsageError, check_arguments, prepare_sites
+from app.testbed.sites import ClientFolders, UsageError, check_arguments, prepare_sites
 
 # Engine waits shortened for local runs (the platform's are 1 s, 10 s and 0.1 s).
 SHORT_ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "1", "FC_DATA_POLL_INTERVAL": "0.02"}
@@ -120,7 +120,8 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
                             traffic=federation.traffic, elapsed=elapsed)
 
 
-def _in_user_folders(message: str, sites: list[Site], client_dirs: list[Path], generic_dir: Path | None) -> str:
+def _in_user_folders(message: str, sites: list[ClientFolders], client_dirs: list[Path],
+                     generic_dir: Path | None) -> str:
     """``message`` with the clients' temporary input folders (gone once the run ends) replaced by the
     client folders the user gave, and a word on where a site's input comes from."""
     for site, client_dir in zip(sites, client_dirs):
@@ -141,7 +142,7 @@ def client_env(n_clients: int, extra: dict[str, str] | None) -> dict[str, str]:
 
 @dataclass
 class _Client:
-    site: Site
+    site: ClientFolders
     handle: ClientHandle
     api: ClientApi
     last_answer: float
@@ -157,7 +158,7 @@ class _Client:
 class _Federation:
     """One run: start, set up and poll the clients, always stopping them at the end."""
 
-    def __init__(self, sites: list[Site], launcher: Launcher, router: Router, query_interval: float,
+    def __init__(self, sites: list[ClientFolders], launcher: Launcher, router: Router, query_interval: float,
                  timeouts: Timeouts, out: TextIO):
         self.sites = sites
         self.launcher = launcher
@@ -351,7 +352,7 @@ def _summary(status: Status) -> str:
     return f"{percent}  {status.message or ''}{state}"
 
 
-def _keep_outputs(sites: list[Site], output_root: Path, ok: bool, out: TextIO) -> dict[str, Path]:
+def _keep_outputs(sites: list[ClientFolders], output_root: Path, ok: bool, out: TextIO) -> dict[str, Path]:
     """Move each site's outputs to `<id>/` (success) or `<id>.failed/` (failure, leaving `<id>/` alone)."""
     kept = {}
     for site in sites:

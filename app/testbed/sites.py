@@ -10,15 +10,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.errors import KDError
 
-
-class UsageError(KDError):
+class UsageError(Exception):
     """The simulate command was given folders or options it cannot use."""
 
 
 @dataclass(frozen=True)
-class Site:
+class ClientFolders:
     """One client of the federation and the folders it reads and writes during the run."""
 
     id: str
@@ -67,7 +65,7 @@ def client_ids(client_dirs: list[Path]) -> list[str]:
 
 
 def prepare_sites(client_dirs: list[Path], generic_dir: Path | None, output_root: Path,
-                  work_dir: Path) -> list[Site]:
+                  work_dir: Path) -> list[ClientFolders]:
     """Build every site's input and (empty) output folder under work_dir; the first site coordinates."""
     # The output root (holding work_dir) may sit inside a client dir, or be one: never copy it into itself.
     skip = {output_root.resolve(), work_dir.resolve()}
@@ -80,7 +78,7 @@ def prepare_sites(client_dirs: list[Path], generic_dir: Path | None, output_root
         if generic_dir is not None:
             overlay(generic_dir, input_dir, skip)
         overlay(folder, input_dir, skip)
-        sites.append(Site(site_id, index == 0, input_dir, output_dir, output_root / f"{site_id}.log"))
+        sites.append(ClientFolders(site_id, index == 0, input_dir, output_dir, output_root / f"{site_id}.log"))
     return sites
 
 
