@@ -103,8 +103,11 @@ def _headline(metrics: dict) -> str:
             f"the teacher, with {times(compression['parameters_ratio'])} fewer parameters and "
             f"{times(compression['speedup_batch1'])} faster inference on one image.")
     if "baseline" in metrics:
+        gain, noise = metrics["distillation_gain"], metrics["distillation_gain_noise"]
         text += (f" Trained without the teacher, the same student reaches {percent(metrics['baseline']['accuracy'])}:"
-                 f" distillation gains {points(metrics['distillation_gain'])}.")
+                 f" distillation gains {points(gain)}")
+        text += (f", within the ±{100 * noise:.2f} points the choice of test images alone can make."
+                 if abs(gain) < noise else f" (more than the ±{100 * noise:.2f} points test-set chance explains).")
     return text
 
 

@@ -9,6 +9,7 @@ together at the very end: a run failing on the way changes none of an earlier ru
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,8 @@ def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
     if "baseline" in site.evaluations:
         metrics["baseline"] = site.evaluations["baseline"].as_dict()
         metrics["distillation_gain"] = metrics["student"]["accuracy"] - metrics["baseline"]["accuracy"]
+        metrics["distillation_gain_noise"] = chance_margin(metrics["student"]["accuracy"],
+                                                           metrics["baseline"]["accuracy"], len(site.test))
     if federation is not None:
         metrics["federation"] = federation_summary(federation)
 
@@ -75,6 +78,12 @@ def teacher_source(site: "Site") -> str:
     if config.teacher_epochs:
         parts.append(f"{config.teacher_epochs} local epochs at each site")
     return ", then ".join(parts)
+
+
+def chance_margin(first: float, second: float, test_samples: int) -> float:
+    """Two standard errors of the difference between two accuracies on ``test_samples`` images:
+    a gap smaller than this may come from which images happen to be in the test set."""
+    return 2 * math.sqrt((first * (1 - first) + second * (1 - second)) / max(test_samples, 1))
 
 
 def compression(teacher: dict, student: dict) -> dict:

@@ -83,6 +83,11 @@ def test_report_rounds_and_federation_tables_equal_metrics(outputs):
     headline = report.split("\n\n")[1]
     assert f"**{percent(metrics['student']['accuracy'])}**" in headline
     assert f"distillation gains {100 * metrics['distillation_gain']:+.2f} points" in headline
+    noise = metrics["distillation_gain_noise"]
+    student, baseline = metrics["student"]["accuracy"], metrics["baseline"]["accuracy"]
+    variance = (student * (1 - student) + baseline * (1 - baseline)) / metrics["data"]["test_samples"]
+    assert noise == pytest.approx(2 * variance ** 0.5)
+    assert f"±{100 * noise:.2f} points" in headline
 
 
 def test_every_image_the_report_shows_is_a_valid_png(outputs):
