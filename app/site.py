@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from app import checkpoint
@@ -186,7 +187,9 @@ class Site:
         for name, model in self.models.items():
             _load_entries(model, plan["models"][name])
         if "teacher" in plan:
-            if self.config.teacher_weights and plan["coordinator"] != self.name:
+            mine = to_arrays(self.teacher.state_dict())
+            if self.config.teacher_weights and any(not np.array_equal(mine[key], value)
+                                                   for key, value in plan["teacher"].items()):
                 self.log(f"teacher_rounds: the federated teacher starts from the coordinator's weights, "
                          f"not from this site's {self.config.teacher_weights}")
             _load_entries(self.teacher, plan["teacher"])

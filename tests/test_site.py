@@ -174,6 +174,22 @@ def test_a_different_teacher_trained_by_the_federation_is_named(tmp_path):
         other.adopt_plan(coordinator.make_plan())
 
 
+def test_a_site_whose_own_teacher_weights_are_replaced_by_the_federations_start_says_so(tmp_path):
+    logs = []
+    coordinator = load(tmp_path, "c1", "c1", teacher_rounds=1)
+    other = Site.load(site_input(tmp_path / "in_c2", source="c2", teacher_rounds=1), tmp_path / "out_c2", "c2",
+                      log=logs.append)
+    plan = coordinator.make_plan()
+    other.adopt_plan(plan)   # the same teacher.pt everywhere: nothing to say
+    assert not [line for line in logs if "teacher_rounds" in line]
+    with torch.no_grad():
+        next(other.teacher.parameters()).add_(1.0)   # as if c2 had its own teacher weights
+    other.adopt_plan(plan)
+    assert "the federated teacher starts from the coordinator's weights, not from this site's teacher.pt" in logs[-1]
+    assert all(torch.equal(value, torch.from_numpy(plan["teacher"][key]))
+               for key, value in other.teacher.state_dict().items())
+
+
 def test_noise_never_leaves_a_negative_running_variance_or_non_finite_outputs(tmp_path):
     sites = [load(tmp_path, f"c{i}", f"c{i}", dp={"epsilon": 1.0, "clipping": 1.0}) for i in (1, 2)]
     federate_locally(sites, 1, lambda payloads: [list(np.asarray(change) - 100.0) for change in payloads])
