@@ -17,11 +17,8 @@ from torch import nn
 
 from app.config import parse_config
 from app.data import as_data, check_compatible
-from app.models import check_outputs, dry_run
+from app.models import agreed_classes
 from app.training import TrainSettings, compute_logits, evaluate, resolve_device, train_local
-
-
-DRY_RUN_BATCH = 4
 
 
 @dataclass
@@ -58,11 +55,8 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     run_on = resolve_device(config.device)
     teacher.to(run_on).eval()
     student.to(run_on)
-    _, sample, _ = next(iter(train_data.batches(DRY_RUN_BATCH)))
-    labels_need = max(train_data.num_classes_seen, test_data.num_classes_seen if test_data is not None else 0)
-    classes = check_outputs(dry_run(teacher, sample.to(run_on), "teacher_model"),
-                            dry_run(student, sample.to(run_on), "student_model"), labels_need,
-                            (type(teacher).__name__, type(student).__name__))
+    classes = agreed_classes(teacher, student, train_data, test_data,
+                             (type(teacher).__name__, type(student).__name__), run_on)
     logits = compute_logits(teacher, train_data, run_on)
     history = History(teacher_accuracy=evaluate(teacher, test_data, classes, run_on).accuracy
                       if test_data is not None else None)

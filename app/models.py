@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,10 +32,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from app.errors import ModelError, first_line
 
+if TYPE_CHECKING:
+    from app.data import Data
+
 # Keys under which training scripts commonly wrap a state_dict together with other things.
 WRAPPER_KEYS = ("state_dict", "model_state_dict")
 DATA_PARALLEL_PREFIX = "module."
 SHOWN_PER_KIND = 5
+DRY_RUN_BATCH = 4
 LATENCY_BUDGET_S = 0.2    # per measurement: a few ms models run hundreds of times, large ones `repeats` times
 LATENCY_MAX_RUNS = 2000
 
@@ -380,6 +384,17 @@ def _check_logits(output: Any, batch: int, where: str) -> None:
     if not torch.isfinite(output).all():
         raise ModelError(f"{where}: forward returned NaN or infinite values on a batch of real images. "
                          "Check the initialisation and operations such as log, sqrt or division in forward.")
+
+
+def agreed_classes(teacher: nn.Module, student: nn.Module, train: "Data", test: "Data | None",
+                   files: tuple[str, str], device: torch.device | str = "cpu") -> int:
+    """Run a few training images through both models (``dry_run``) and return the number of classes
+    they both output (``check_outputs``), which must cover every label of ``train`` and ``test``."""
+    _, sample, _ = next(iter(train.batches(DRY_RUN_BATCH)))
+    sample = sample.to(device)
+    labels_need = max(train.num_classes_seen, test.num_classes_seen if test is not None else 0)
+    return check_outputs(dry_run(teacher, sample, "teacher_model"), dry_run(student, sample, "student_model"),
+                         labels_need, files)
 
 
 def check_outputs(teacher_logits: torch.Tensor, student_logits: torch.Tensor,

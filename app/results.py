@@ -28,8 +28,9 @@ def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
     """Write this site's outputs; ``federation`` (coordinator only) holds every site's summary."""
     out = site.output_dir / checkpoint.UNFINISHED
     _, check_images, _ = next(iter(site.test.batches(ONNX_CHECK_SAMPLES)))
+    cpu_student = copy.deepcopy(site.student).cpu()   # measured and exported on the CPU, whatever trained it
     teacher_size = summarize(site.teacher, site.train.sample_shape).as_dict()
-    student_size = summarize(site.student, site.train.sample_shape).as_dict()
+    student_size = summarize(cpu_student, site.train.sample_shape).as_dict()
     metrics = {
         "site": site.name,
         "teacher": {**site.teacher_evaluation.as_dict(), **teacher_size, "source": teacher_source(site)},
@@ -50,7 +51,6 @@ def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
         metrics["federation"] = federation_summary(federation)
 
     report.save_state_dict(site.student.state_dict(), out / report.STUDENT_WEIGHTS)
-    cpu_student = copy.deepcopy(site.student).cpu()   # exports must run anywhere, whatever trained them
     metrics["torchscript"] = report.export_torchscript(cpu_student, check_images[:1],
                                                        out / report.STUDENT_TORCHSCRIPT)
     metrics["onnx"] = report.export_onnx(cpu_student, check_images, out / report.STUDENT_ONNX)

@@ -34,12 +34,11 @@ from app.aggregation import batchnorm_keys, to_arrays, to_state_dict
 from app.config import KDConfig, differences, load_config
 from app.data import Data, check_compatible, load_dataset
 from app.errors import ConfigError, FederationError
-from app.models import build_model, check_outputs, dry_run, load_weights, state_signature
+from app.models import agreed_classes, build_model, load_weights, state_signature
 from app.training import Evaluation, TrainSettings, compute_logits, evaluate, resolve_device, train_local
 from app.transport import Models, Wire
 
 CONFIG_FILE = "config.yml"
-DRY_RUN_BATCH = 4
 
 # Keys naming a site's own files (and its hardware) may differ between sites;
 # every other key shapes the joint training and must be the same everywhere.
@@ -116,12 +115,7 @@ class Site:
         student = build_model(path_of("student_model"), config.student_args, "student_model")
         if config.teacher_weights:
             load_weights(teacher, path_of("teacher_weights"), "teacher_weights")
-        _, sample, _ = next(iter(train.batches(DRY_RUN_BATCH)))
-        teacher_out = dry_run(teacher, sample, "teacher_model")
-        student_out = dry_run(student, sample, "student_model")
-        labels_need = max(train.num_classes_seen, test.num_classes_seen)
-        num_classes = check_outputs(teacher_out, student_out, labels_need,
-                                    (config.teacher_model, config.student_model))
+        num_classes = agreed_classes(teacher, student, train, test, (config.teacher_model, config.student_model))
         site = cls(name, input_dir, output_dir, config, teacher.to(device), student.to(device),
                    train, test, num_classes, device, log)
         site.log(f"site {name}: {len(train)} training and {len(test)} test samples of shape "
