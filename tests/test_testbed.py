@@ -34,6 +34,7 @@ from app.testbed.sites import client_ids, prepare_sites
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "tests" / "testbed_toy" / "main.py"
+DROPPER = REPO / "tests" / "testbed_dropper" / "main.py"
 GENERIC_NUMBER = 100.0
 FAILURE_BUDGET = 30.0   # seconds from a fault until the run has ended and every client is gone
 
@@ -249,6 +250,15 @@ def test_killed_client_ends_run_naming_it(tmp_path):
     assert not (federation.output / "c2").exists()
     assert (federation.output / "c1.failed" / "round1.json").exists()
     assert_all_gone(launcher)
+
+
+def test_a_dropped_connection_is_reported_as_the_exit_that_follows_it(tmp_path):
+    """A killed container's connection resets before `docker wait` reports the exit; the exit is the news."""
+    federation = make_federation(tmp_path, [3])
+    result = run_federation(federation.clients, federation.generic, federation.output, DROPPER)
+    assert not result.ok
+    assert result.failed_site == "c1"
+    assert result.message.startswith("site c1: process exited with code 7 while in state 'send'"), result.message
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@ class Timeouts:
     start: float = 60.0         # from starting the clients until all of them answer
     run: float | None = None    # the whole run; None = no limit
     stop_grace: float = 3.0     # between asking the clients to stop and killing them
+    exit_notice: float = 2.0    # a dropped connection usually means the client died: time for its exit to show
 
 
 @dataclass
@@ -301,6 +302,8 @@ class _Federation:
         try:
             answer = call(*args, timeout=self.timeouts.unresponsive)
         except RequestFailed as error:
+            # The reset often arrives before `docker wait` reports the exit; the exit is the better message.
+            client.handle.wait(self.timeouts.exit_notice)
             self._check_running(client)
             raise SiteFailure(client.id, f"{error} {self._where(client)}") from error
         client.last_answer = time.monotonic()
