@@ -33,7 +33,7 @@ python main.py simulate --image "$IMAGE" --client-dirs sample_data/c1,sample_dat
 case $status in
   0) ;;
   2) die "simulate --image did not start (reason above); is the Docker engine running and $IMAGE built? (scripts/docker-ci.sh)" ;;
-  *) die "the federation in containers failed with exit code $status (reason above); site logs: $OUTPUT/<site>.log" ;;
+  *) die "the federation in containers failed with exit code $status (reason above); site logs: $OUTPUT/<site>.failed.log" ;;
 esac
 log "federation finished after $((SECONDS - started))s"
 

@@ -200,6 +200,8 @@ def test_user_error_fails_run_and_keeps_earlier_results(tmp_path, capsys):
     assert simulate(argv, entry=TOY, summary=summaries.append) == 0
     assert summaries == [{"c1": federation.output / "c1", "c2": federation.output / "c2"}]
     earlier = {p: p.read_bytes() for p in federation.output.glob("c[12]/*")}
+    earlier_logs = {p: p.read_text() for p in federation.output.glob("c[12].log")}
+    assert len(earlier_logs) == 2
     stale = federation.output / "c1.failed" / "stale.txt"
     stale.parent.mkdir()
     stale.write_text("from an older failed run")
@@ -213,9 +215,11 @@ def test_user_error_fails_run_and_keeps_earlier_results(tmp_path, capsys):
     assert code == 1
     error = capsys.readouterr().err
     assert error.splitlines()[0] == "site c2: number.txt cannot be used in round 2. Fix number.txt."
-    assert f"log of site c2: {federation.output / 'c2.log'}" in error
+    assert f"log of site c2: {federation.output / 'c2.failed.log'}" in error
+    assert "KD-ERROR" in (federation.output / "c2.failed.log").read_text()
     assert len(summaries) == 1
     assert {p: p.read_bytes() for p in federation.output.glob("c[12]/*")} == earlier
+    assert {p: p.read_text() for p in federation.output.glob("c[12].log")} == earlier_logs
     for site in ("c1", "c2"):
         partial = federation.output / f"{site}.failed"
         assert (partial / "round1.json").exists() and not (partial / "round3.json").exists()
@@ -330,7 +334,7 @@ def test_client_dying_at_start_up_is_named_with_its_log_tail(tmp_path):
     assert not result.ok
     assert result.failed_site == "c1"
     first, *log_tail = result.message.splitlines()
-    log = federation.output / "c1.log"
+    log = federation.output / "c1.failed.log"
     assert first == f"site c1: process exited with code 4 during start-up; last lines of {log}:"
     assert log_tail == ["    cannot start: no module named toy_missing"]
 

@@ -63,7 +63,8 @@ def _parser(entry: Path) -> argparse.ArgumentParser:
     parser.add_argument("--generic-dir", type=Path, default=None,
                         help="folder copied into every client's input (a client's own file of the same name wins)")
     parser.add_argument("--output-dir", type=Path, required=True,
-                        help="each client's outputs go to <output-dir>/<client dir name>/, its log to <name>.log")
+                        help="each client's outputs go to <output-dir>/<client dir name>/, its log to <name>.log "
+                             "(<name>.failed/ and <name>.failed.log when the run fails)")
     parser.add_argument("--query-interval", type=float, default=0.1, help="seconds between polls (default 0.1)")
     parser.add_argument("--dp-seed", type=int, default=0, help="seed of the differential-privacy noise (default 0)")
     parser.add_argument("--timeout", type=float, default=None, help="fail the run after this many seconds")

@@ -52,7 +52,8 @@ class Timeouts:
 @dataclass
 class FederationResult:
     """How a run ended. On failure `message` says which site failed and why (`failed_site` is None when
-    no single site is to blame: interruption, run time limit), and `outputs` are the `<id>.failed` folders."""
+    no single site is to blame: interruption, run time limit), `outputs` are the `<id>.failed` folders and
+    `logs` the `<id>.failed.log` files."""
 
     ok: bool
     message: str
@@ -88,7 +89,8 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
                    out: TextIO | None = None) -> FederationResult:
     """Run the app (`entry`, or whatever `launcher` starts) as one client per client dir and return how it
     ended. Outputs go to `<output_root>/<client id>/` on success and to `<output_root>/<client id>.failed/`
-    on failure; logs to `<output_root>/<client id>.log`. Raises UsageError for unusable arguments."""
+    on failure; logs to `<output_root>/<client id>.log` (success) or `<client id>.failed.log` (failure, leaving
+    an earlier run's `<client id>.log` alone). Raises UsageError for unusable arguments."""
     started = time.monotonic()
     if query_interval <= 0:
         raise UsageError(f"query interval must be positive, got {query_interval}. Fix --query-interval.")
@@ -106,8 +108,14 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
         sites = prepare_sites(client_dirs, generic_dir, output_root, work_dir)
         router = Router([s.id for s in sites], sites[0].id, dp_seed)
         federation = _Federation(sites, launcher, router, query_interval, timeouts or Timeouts(), out)
-        failure = federation.run(client_env(len(sites), env), started)
-        outputs = _keep_outputs(sites, output_root, failure is None, out)
+        _set_aside_earlier_logs(sites, work_dir)
+        ok = False
+        try:
+            failure = federation.run(client_env(len(sites), env), started)
+            ok = failure is None
+        finally:
+            logs = _keep_logs(sites, work_dir, ok)
+        outputs = _keep_outputs(sites, output_root, ok, logs, out)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     elapsed = time.monotonic() - started
@@ -116,8 +124,10 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
         print(f"[testbed] {message}", file=out, flush=True)
     else:
         message = _in_user_folders(str(failure), sites, client_dirs, generic_dir)
-    return FederationResult(ok=failure is None, message=message, failed_site=failure.site if failure else None,
-                            coordinator=sites[0].id, outputs=outputs, logs={s.id: s.log_path for s in sites},
+        for site in sites:
+            message = message.replace(str(site.log_path), str(logs[site.id]))
+    return FederationResult(ok=ok, message=message, failed_site=failure.site if failure else None,
+                            coordinator=sites[0].id, outputs=outputs, logs=logs,
                             traffic=federation.traffic, elapsed=elapsed)
 
 
@@ -355,7 +365,32 @@ def _summary(status: Status) -> str:
     return f"{percent}  {status.message or ''}{state}"
 
 
-def _keep_outputs(sites: list[ClientFolders], output_root: Path, ok: bool, out: TextIO) -> dict[str, Path]:
+def _set_aside_earlier_logs(sites: list[ClientFolders], work_dir: Path) -> None:
+    """Move an earlier run's `<id>.log` out of the way: this run logs there, so it can be followed live."""
+    for site in sites:
+        if site.log_path.is_file():
+            site.log_path.replace(work_dir / site.log_path.name)
+
+
+def _keep_logs(sites: list[ClientFolders], work_dir: Path, ok: bool) -> dict[str, Path]:
+    """Each site's log: `<id>.log` after a success; after a failure `<id>.failed.log`, and the earlier
+    run's `<id>.log` (if any) goes back where it was, like its outputs."""
+    logs = {}
+    for site in sites:
+        logs[site.id] = site.log_path
+        if ok:
+            continue
+        logs[site.id] = site.log_path.with_name(f"{site.id}.failed.log")
+        if site.log_path.is_file():
+            site.log_path.replace(logs[site.id])
+        earlier = work_dir / site.log_path.name
+        if earlier.is_file():
+            earlier.replace(site.log_path)
+    return logs
+
+
+def _keep_outputs(sites: list[ClientFolders], output_root: Path, ok: bool, logs: dict[str, Path],
+                  out: TextIO) -> dict[str, Path]:
     """Move each site's outputs to `<id>/` (success) or `<id>.failed/` (failure, leaving `<id>/` alone)."""
     kept = {}
     for site in sites:
@@ -369,8 +404,8 @@ def _keep_outputs(sites: list[ClientFolders], output_root: Path, ok: bool, out: 
     if not ok:
         earlier = [str(output_root / site.id) for site in sites if (output_root / site.id).is_dir()]
         untouched = f"; earlier results in {', '.join(earlier)} were left untouched" if earlier else ""
-        print(f"[testbed] partial outputs of this failed run: {', '.join(map(str, kept.values()))}{untouched}",
-              file=out, flush=True)
+        print(f"[testbed] partial outputs of this failed run: {', '.join(map(str, kept.values()))}; "
+              f"its logs: {', '.join(map(str, logs.values()))}{untouched}", file=out, flush=True)
     return kept
 
 
