@@ -375,11 +375,10 @@ def _set_aside_earlier_logs(sites: list[ClientFolders], work_dir: Path) -> None:
 def _keep_logs(sites: list[ClientFolders], work_dir: Path, ok: bool) -> dict[str, Path]:
     """Each site's log: `<id>.log` after a success; after a failure `<id>.failed.log`, and the earlier
     run's `<id>.log` (if any) goes back where it was, like its outputs."""
+    if ok:
+        return {site.id: site.log_path for site in sites}
     logs = {}
     for site in sites:
-        logs[site.id] = site.log_path
-        if ok:
-            continue
         logs[site.id] = site.log_path.with_name(f"{site.id}.failed.log")
         if site.log_path.is_file():
             site.log_path.replace(logs[site.id])
