@@ -52,8 +52,8 @@ def main(argv: list[str]) -> int:
         serve("localhost", 5000)
         return 0
     if argv[0] == "simulate":
-        from app.report_md import print_summary
-        from app.testbed.cli import main as simulate
+        from app.report import print_summary
+        from testbed.cli import main as simulate
         return simulate(argv[1:], summary=print_summary)
     if argv[0] == "serve":
         parser = argparse.ArgumentParser(prog="main.py serve", description="Serve one client of the app.")

@@ -17,7 +17,7 @@ from torch import nn
 
 from app.config import parse_config
 from app.data import as_data, check_compatible
-from app.models import agreed_classes
+from app.model_checks import agreed_classes
 from app.training import TrainSettings, compute_logits, evaluate, resolve_device, train_local
 
 

@@ -17,8 +17,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from app import report
+from app import files
 from app.errors import ModelError
+from app.torch_files import load_tensors
 
 UNFINISHED = "unfinished"
 CHECKPOINT = "checkpoint.pt"
@@ -28,8 +29,8 @@ FORMAT = "fc-knowledge-distillation checkpoint 1"
 
 def write(output_dir: Path, round_number: int, models: Mapping[str, nn.Module]) -> Path:
     path = output_dir / UNFINISHED / CHECKPOINT
-    report.save_state_dict({"format": FORMAT, "round": round_number,
-                            **{name: model.state_dict() for name, model in models.items()}}, path)
+    files.save_state_dict({"format": FORMAT, "round": round_number,
+                           **{name: model.state_dict() for name, model in models.items()}}, path)
     return path
 
 
@@ -37,7 +38,7 @@ def read(path: Path) -> dict | None:
     """The checkpoint stored at ``path``, or None when the file is something else (e.g. a plain
     state_dict, or unreadable: the caller's weights loader then explains what is wrong)."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_tensors(path)
     except Exception:  # noqa: BLE001 — reported by the weights loader with the file named
         return None
     return saved if isinstance(saved, dict) and saved.get("format") == FORMAT else None
@@ -64,4 +65,4 @@ def finish(output_dir: Path) -> None:
 
 
 def write_error(output_dir: Path, message: str) -> None:
-    report.write_text(output_dir / UNFINISHED / ERROR, message.rstrip() + "\n")
+    files.write_text(output_dir / UNFINISHED / ERROR, message.rstrip() + "\n")

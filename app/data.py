@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
 from app.errors import DataError, first_line
+from app.torch_files import load_tensors, load_trusted, refused_globals
 
 IMAGE_KEYS = ("images", "x")
 LABEL_KEYS = ("labels", "y")
@@ -197,17 +198,19 @@ def _folder_listing(folder: Path) -> str:
 
 
 def _torch_load(path: Path, name: str) -> Any:
+    not_torch = "not a file written by torch.save"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # Only a pickled object (e.g. a torchvision Dataset, as the original app accepted)
-        # needs the full unpickler; the file comes from the site's own input dir.
-        if "Unsupported global" not in str(error):
-            raise _unreadable(name, "not a file written by torch.save") from error
+        return load_tensors(path)
     except Exception as error:
-        raise _unreadable(name, first_line(error)) from error
+        if not refused_globals(error):
+            raise _unreadable(name, not_torch if isinstance(error, pickle.UnpicklingError)
+                              else first_line(error)) from error
+    # Only a pickled object (e.g. a torchvision Dataset, as the original app accepted)
+    # needs the full unpickler; the file comes from the site's own input dir.
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_trusted(path)
+    except pickle.UnpicklingError as error:
+        raise _unreadable(name, not_torch) from error
     except Exception as error:
         raise _unreadable(name, first_line(error)) from error
 

@@ -1,200 +1,199 @@
-"""A site's outputs: the global student, metrics, per-round table, plots, config.
+"""Human-readable views of metrics.json: a site's report.md and the test-bed's summary table.
 
-Every file is written atomically (a temporary file in the same folder, then
-``os.replace``), so an interrupted run leaves either the old file or the new
-one, never half of one.
+Both are rendered from the metrics dictionary alone, with the formatting helpers
+below, so every figure shown is a rounding of a value in metrics.json.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
-import os
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
 
-import matplotlib
-
-matplotlib.use("Agg")   # no display in containers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch import nn  # noqa: E402
-
-from app.errors import first_line  # noqa: E402
-
-STUDENT_WEIGHTS = "student.pt"
-STUDENT_TORCHSCRIPT = "student_torchscript.pt"
-STUDENT_ONNX = "student.onnx"
-BASELINE_WEIGHTS = "baseline_student.pt"
-CONFUSION_PLOT = "confusion_matrix.png"
-FEDERATION_PLOT = "federation_accuracy.png"
-REPORT = "report.md"
-METRICS = "metrics.json"
-ROUNDS_CSV = "rounds.csv"
-ACCURACY_PLOT = "accuracy.png"
-LOSS_PLOT = "loss.png"
-CONFIG = "config.yml"
-LOG = "log.txt"
+from app import checkpoint, files
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through ``write(handle)`` into a temporary file, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda handle: handle.write(data))
+def number(value: int) -> str:
+    return f"{value:,}"
 
 
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+def size(value: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+def times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}×"
 
 
-def save_state_dict(state_dict: Mapping[str, Any], path: Path) -> None:
-    """Saved with every tensor on the CPU, so a GPU site's file loads anywhere."""
-    atomic_write(path, lambda handle: torch.save(_on_cpu(state_dict), handle))
+def milliseconds(value: float) -> str:
+    return f"{value:.3f} ms"
 
 
-def _on_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, Mapping):
-        return {key: _on_cpu(item) for key, item in value.items()}
-    return value
+def points(value: float) -> str:
+    return f"{100 * value:+.2f} points"
 
 
-# The exports below take a CPU model and are reported in the returned dict, never raised:
-# a model an exporter cannot handle must not cost the run's other results.
-
-def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> dict:
-    """A TorchScript file runnable without the model's Python source (traced on ``example``)."""
-    model.eval()
-    # TorchScript is deprecated in favour of torch.export but is still what most
-    # deployment stacks load; the warning would only confuse users reading the log.
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.trace(model, example, check_trace=False)
-            atomic_write(path, lambda handle: torch.jit.save(traced, handle))
-    except Exception as error:  # noqa: BLE001 — any tracing failure is reported the same way
-        return {"exported": False, "error": f"{type(error).__name__}: {first_line(error)}"}
-    return {"exported": True}
+def render_report(metrics: dict) -> str:
+    """The whole report.md of one site."""
+    sections = [_headline(metrics), _accuracy(metrics), _size_and_speed(metrics), _rounds(metrics),
+                _per_class(metrics)]
+    if "federation" in metrics:
+        sections.append(_federation(metrics["federation"]))
+    sections += [_files(metrics), _settings(metrics)]
+    return "\n\n".join(sections) + "\n"
 
 
-def export_onnx(model: nn.Module, images: torch.Tensor, path: Path) -> dict:
-    """Export to ONNX (dynamic batch size), written only once onnxruntime predicts like PyTorch
-    on ``images`` (or nearly: the returned dict says how near)."""
-    model.eval()
-    buffer = io.BytesIO()
-    try:
-        # The TorchScript-based exporter: fast (well under a second for small models)
-        # and without the dynamo exporter's extra dependencies.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (images[:1],), buffer, dynamo=False, input_names=["images"],
-                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-        import onnxruntime   # only needed here; keeps start-up light
-
-        session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-        onnx_logits = session.run(None, {"images": images.numpy()})[0]
-    except Exception as error:  # noqa: BLE001 — any exporter or runtime failure is reported the same way
-        return {"exported": False, "error": f"{type(error).__name__}: {first_line(error)}"}
-    write_bytes(path, buffer.getvalue())
-    with torch.no_grad():
-        torch_logits = model(images).float().numpy()
-    return {"exported": True, "checked_samples": len(images),
-            "max_abs_difference": float(abs(onnx_logits - torch_logits).max()),
-            "same_predictions": bool((onnx_logits.argmax(1) == torch_logits.argmax(1)).all())}
+def print_summary(outputs: dict[str, Path]) -> None:
+    """The test-bed's closing table, from each site's metrics.json (in client order)."""
+    all_metrics = {site: json.loads((folder / files.METRICS).read_text()) for site, folder in outputs.items()}
+    print("\n" + summary_table(all_metrics))
+    print(f"\nEach site's student, metrics, plots and report.md are in {_common_parent(outputs)}/<site>/.")
 
 
-def write_rounds_csv(rounds: list[dict], path: Path) -> None:
-    columns = list(dict.fromkeys(key for row in rounds for key in row
-                                 if not isinstance(row[key], (list, dict))))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rounds)
-    write_text(path, buffer.getvalue())
+def _common_parent(outputs: dict[str, Path]) -> Path:
+    parents = {folder.parent for folder in outputs.values()}
+    return parents.pop() if len(parents) == 1 else Path(".")
 
 
-def write_config(document: Mapping, path: Path) -> None:
-    write_text(path, yaml.safe_dump(dict(document), sort_keys=False))
+def summary_table(all_metrics: dict[str, dict]) -> str:
+    """One line per site (teacher, student, baseline accuracy, size) and the federation's weighted line."""
+    with_baseline = any("baseline" in metrics for metrics in all_metrics.values())
+    rows = [("site", "teacher", "student") + (("baseline",) if with_baseline else ())
+            + ("student params", "smaller", "faster (batch 1)")]
+    federation = None
+    for site, metrics in all_metrics.items():
+        compression = metrics["compression"]
+        rows.append((site, percent(metrics["teacher"]["accuracy"]), percent(metrics["student"]["accuracy"]))
+                    + ((percent(metrics.get("baseline", {}).get("accuracy")),) if with_baseline else ())
+                    + (number(metrics["student"]["parameters"]), times(compression["parameters_ratio"]),
+                       times(compression["speedup_batch1"])))
+        federation = metrics.get("federation", federation)
+    if federation is not None:
+        rows.append((f"all {len(federation['sites'])} sites", percent(federation["teacher_accuracy"]),
+                     percent(federation["student_accuracy"]))
+                    + ((percent(federation["baseline_accuracy"]),) if with_baseline else ()) + ("", "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    rule = "-" * max(len(line) for line in lines)
+    lines.insert(1, rule)
+    if federation is not None:
+        lines.insert(len(lines) - 1, rule)
+        lines.append("(accuracy on each site's own test set; 'all sites' weights them by test-set size)")
+    return "\n".join(lines)
 
 
-def plot_rounds(rounds: list[dict], path: Path, *, title: str, ylabel: str,
-                series: Mapping[str, str], references: Mapping[str, float | None] | None = None) -> None:
-    """Line plot of ``rounds[i][column]`` per round for each (label → column) in ``series``
-    (columns without values are left out), plus dashed horizontal reference lines."""
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
-    xs = [row["round"] for row in rounds]
-    for label, column in series.items():
-        ys = [row.get(column) for row in rounds]
-        if any(y is not None for y in ys):
-            axes.plot(xs, [math.nan if y is None else y for y in ys], marker="o", label=label)
-    for label, value in (references or {}).items():
-        if value is not None:
-            axes.axhline(value, linestyle="--", color="grey", label=label)
-    axes.set_xlabel("round")
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    if xs:
-        axes.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
-    _save_png(figure, path)
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], align: str) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
-def plot_confusion(matrix: list[list[int]], path: Path, *, title: str) -> None:
-    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
-    classes = len(matrix)
-    size = min(10, 2 + 0.5 * classes)
-    figure, axes = plt.subplots(figsize=(size, size), dpi=100)
-    image = axes.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    if classes <= 20:
-        axes.set_xticks(range(classes))
-        axes.set_yticks(range(classes))
-        peak = max(max(row) for row in matrix) or 1
-        for true, row in enumerate(matrix):
-            for predicted, count in enumerate(row):
-                axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
-                          color="white" if count > peak / 2 else "black")
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title)
-    _save_png(figure, path)
+def _headline(metrics: dict) -> str:
+    teacher, student, compression = metrics["teacher"], metrics["student"], metrics["compression"]
+    text = (f"# Knowledge distillation report: site {metrics['site']}\n\n"
+            f"The distilled student reaches **{percent(student['accuracy'])}** test accuracy on this site's "
+            f"{number(metrics['data']['test_samples'])} test images, against {percent(teacher['accuracy'])} for "
+            f"the teacher, with {times(compression['parameters_ratio'])} fewer parameters and "
+            f"{times(compression['speedup_batch1'])} faster inference on one image.")
+    if "baseline" in metrics:
+        gain, noise = metrics["distillation_gain"], metrics["distillation_gain_noise"]
+        text += (f" Trained without the teacher, the same student reaches {percent(metrics['baseline']['accuracy'])}:"
+                 f" distillation gains {points(gain)}")
+        text += (f", within the ±{100 * noise:.2f} points the choice of test images alone can make."
+                 if abs(gain) < noise else f" (more than the ±{100 * noise:.2f} points test-set chance explains).")
+    return text
 
 
-def _save_png(figure: plt.Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    write_bytes(path, buffer.getvalue())
+def _accuracy(metrics: dict) -> str:
+    rows = [(f"teacher ({metrics['teacher']['source']})", percent(metrics["teacher"]["accuracy"]),
+             f"{metrics['teacher']['loss']:.4f}"),
+            ("distilled student", percent(metrics["student"]["accuracy"]), f"{metrics['student']['loss']:.4f}")]
+    if "baseline" in metrics:
+        rows.append(("baseline student (no teacher)", percent(metrics["baseline"]["accuracy"]),
+                     f"{metrics['baseline']['loss']:.4f}"))
+    return "## Accuracy on this site's test set\n\n" + _table(("model", "test accuracy", "test loss"), rows, "lrr")
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf are not JSON; write them as null rather than produce an invalid file."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(key): _json_safe(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(value) for value in obj]
-    return obj
+def _size_and_speed(metrics: dict) -> str:
+    teacher, student, ratio = metrics["teacher"], metrics["student"], metrics["compression"]
+    batch = student["large_batch"]
+    rows = [("parameters", number(teacher["parameters"]), number(student["parameters"]),
+             times(ratio["parameters_ratio"])),
+            ("size on disk", size(teacher["size_bytes"]), size(student["size_bytes"]), times(ratio["size_ratio"])),
+            ("latency, batch of 1", milliseconds(teacher["latency_ms_batch1"]),
+             milliseconds(student["latency_ms_batch1"]), times(ratio["speedup_batch1"])),
+            (f"latency per image, batch of {batch}", milliseconds(teacher["latency_ms_per_sample"]),
+             milliseconds(student["latency_ms_per_sample"]), times(ratio["speedup_large_batch"])),
+            (f"peak inference memory, batch of {batch}", size(teacher["peak_memory_bytes"]),
+             size(student["peak_memory_bytes"]), times(ratio["memory_ratio"]))]
+    return ("## Size and speed (CPU inference)\n\n"
+            + _table(("", "teacher", "student", "teacher ÷ student"), rows, "lrrr"))
+
+
+def _rounds(metrics: dict) -> str:
+    baseline = "baseline" in metrics
+    header = ("round", "train loss (KD)", "test accuracy", "test loss") + (("baseline accuracy",) if baseline else ())
+    rows = [(str(row["round"]), f"{row['train_loss']:.4f}", percent(row["accuracy"]), f"{row['loss']:.4f}")
+            + ((percent(row["baseline_accuracy"]),) if baseline else ()) for row in metrics["rounds"]]
+    resumed = (f"Resumed from a checkpoint: this run trained rounds {metrics['first_round']} and later.\n\n"
+               if metrics["first_round"] > 1 else "")
+    return (f"## Rounds\n\nThe global models after each round, evaluated on this site's test set.\n\n{resumed}"
+            f"![accuracy per round]({files.ACCURACY_PLOT})\n![loss per round]({files.LOSS_PLOT})\n\n"
+            + _table(header, rows, "r" * len(header)))
+
+
+def _per_class(metrics: dict) -> str:
+    per_class = metrics["student"]["per_class_accuracy"]
+    rows = [(str(label), percent(value), str(sum(metrics["student"]["confusion_matrix"][label])))
+            for label, value in enumerate(per_class)]
+    return ("## Distilled student per class\n\n" + _table(("class", "accuracy", "test images"), rows, "rrr")
+            + f"\n\n![confusion matrix]({files.CONFUSION_PLOT})")
+
+
+def _federation(federation: dict) -> str:
+    rows = [(site["site"], number(site["test_samples"]), percent(site["teacher_accuracy"]),
+             percent(site["student_accuracy"]), percent(site["baseline_accuracy"])) for site in federation["sites"]]
+    rows.append(("**all sites (weighted)**", number(federation["test_samples"]),
+                 percent(federation["teacher_accuracy"]), percent(federation["student_accuracy"]),
+                 percent(federation["baseline_accuracy"])))
+    return (f"## Federation ({len(federation['sites'])} sites)\n\nEach site's accuracy on its own test set; the last "
+            "line weights the sites by test-set size.\n\n"
+            + _table(("site", "test images", "teacher", "distilled student", "baseline student"), rows, "lrrrr")
+            + f"\n\n![federation accuracy per round]({files.FEDERATION_PLOT})")
+
+
+def _files(metrics: dict) -> str:
+    onnx = metrics["onnx"]
+    if onnx["exported"]:
+        verdict = "same predictions" if onnx["same_predictions"] else "**different predictions**"
+        onnx_line = (f"`{files.STUDENT_ONNX}`: ONNX, checked with onnxruntime on {onnx['checked_samples']} "
+                     f"test images: {verdict}, largest logit difference {onnx['max_abs_difference']:.2e}")
+    else:
+        onnx_line = f"`{files.STUDENT_ONNX}`: not exported ({onnx['error']})"
+    torchscript = metrics["torchscript"]
+    torchscript_line = f"`{files.STUDENT_TORCHSCRIPT}`: " + (
+        "TorchScript, runs without the model's Python file" if torchscript["exported"]
+        else f"not exported ({torchscript['error']})")
+    lines = [f"`{files.STUDENT_WEIGHTS}`: the global student's state_dict (load with `torch.load(..., "
+             "weights_only=True)` into the student model)", torchscript_line, onnx_line]
+    if "baseline" in metrics:
+        lines.append(f"`{files.BASELINE_WEIGHTS}`: the baseline student's state_dict")
+    lines += [f"`{files.METRICS}`, `{files.ROUNDS_CSV}`: every figure of this report",
+              f"`{checkpoint.CHECKPOINT}`: the last round's global models; name it in `init_student` to continue "
+              "training",
+              f"`{files.CONFIG}`: the settings used, defaults included; `{files.LOG}`: this site's log"]
+    return "## Files\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def _settings(metrics: dict) -> str:
+    config = metrics["config"]
+    keys = ("max_iter", "local_epochs", "batch_size", "learning_rate", "optimizer", "temperature", "alpha",
+            "loss", "seed")
+    return "## Settings\n\n" + ", ".join(f"{key} {config[key]}" for key in keys) + "."

@@ -13,10 +13,10 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from app import checkpoint, report
+from app import checkpoint, exports, files, plots
 from app.config import effective_document, read_document
-from app.models import summarize
-from app.report_md import render_report
+from app.profile import summarize
+from app.report import render_report
 
 if TYPE_CHECKING:
     from app.site import Site
@@ -50,21 +50,21 @@ def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
     if federation is not None:
         metrics["federation"] = federation_summary(federation)
 
-    report.save_state_dict(site.student.state_dict(), out / report.STUDENT_WEIGHTS)
-    metrics["torchscript"] = report.export_torchscript(cpu_student, check_images[:1],
-                                                       out / report.STUDENT_TORCHSCRIPT)
-    metrics["onnx"] = report.export_onnx(cpu_student, check_images, out / report.STUDENT_ONNX)
+    files.save_state_dict(site.student.state_dict(), out / files.STUDENT_WEIGHTS)
+    metrics["torchscript"] = exports.export_torchscript(cpu_student, check_images[:1],
+                                                        out / files.STUDENT_TORCHSCRIPT)
+    metrics["onnx"] = exports.export_onnx(cpu_student, check_images, out / files.STUDENT_ONNX)
     if "baseline" in site.models:
-        report.save_state_dict(site.models["baseline"].state_dict(), out / report.BASELINE_WEIGHTS)
+        files.save_state_dict(site.models["baseline"].state_dict(), out / files.BASELINE_WEIGHTS)
     _write_plots(metrics, out)
-    report.write_config(effective_document(read_document(site.input_dir / report.CONFIG), site.config),
-                        out / report.CONFIG)
-    report.write_rounds_csv(site.rounds, out / report.ROUNDS_CSV)
+    files.write_config(effective_document(read_document(site.input_dir / files.CONFIG), site.config),
+                       out / files.CONFIG)
+    files.write_rounds_csv(site.rounds, out / files.ROUNDS_CSV)
     metrics["seconds"] = time.time() - site.started
-    report.write_json(out / report.METRICS, metrics)
-    report.write_text(out / report.REPORT, render_report(metrics))
+    files.write_json(out / files.METRICS, metrics)
+    files.write_text(out / files.REPORT, render_report(metrics))
     site.log(f"outputs written to {site.output_dir}")
-    report.write_text(out / report.LOG, "\n".join(site.log_lines) + "\n")
+    files.write_text(out / files.LOG, "\n".join(site.log_lines) + "\n")
     checkpoint.finish(site.output_dir)
     return metrics
 
@@ -124,16 +124,16 @@ def _write_plots(metrics: dict, out) -> None:
                        **({"baseline student": "baseline_accuracy"} if baseline else {})}
     loss_series = {"student test loss": "loss", "student train loss (KD)": "train_loss",
                    **({"baseline test loss": "baseline_loss"} if baseline else {})}
-    report.plot_rounds(rounds, out / report.ACCURACY_PLOT, title=f"Global model accuracy on {site}'s test set",
-                       ylabel="test accuracy", series=accuracy_series,
-                       references={"teacher": metrics["teacher"]["accuracy"]})
-    report.plot_rounds(rounds, out / report.LOSS_PLOT, title=f"Loss per round at {site}", ylabel="loss",
-                       series=loss_series, references={"teacher test loss": metrics["teacher"]["loss"]})
-    report.plot_confusion(metrics["student"]["confusion_matrix"], out / report.CONFUSION_PLOT,
-                          title=f"Distilled student on {site}'s test set")
+    plots.plot_rounds(rounds, out / files.ACCURACY_PLOT, title=f"Global model accuracy on {site}'s test set",
+                      ylabel="test accuracy", series=accuracy_series,
+                      references={"teacher": metrics["teacher"]["accuracy"]})
+    plots.plot_rounds(rounds, out / files.LOSS_PLOT, title=f"Loss per round at {site}", ylabel="loss",
+                      series=loss_series, references={"teacher test loss": metrics["teacher"]["loss"]})
+    plots.plot_confusion(metrics["student"]["confusion_matrix"], out / files.CONFUSION_PLOT,
+                         title=f"Distilled student on {site}'s test set")
     if "federation" in metrics:
         federation = metrics["federation"]
-        report.plot_rounds(federation["rounds"], out / report.FEDERATION_PLOT,
-                           title="Federation: accuracy weighted by test-set size", ylabel="test accuracy",
-                           series={"distilled student": "accuracy", "baseline student": "baseline_accuracy"},
-                           references={"teacher": federation["teacher_accuracy"]})
+        plots.plot_rounds(federation["rounds"], out / files.FEDERATION_PLOT,
+                          title="Federation: accuracy weighted by test-set size", ylabel="test accuracy",
+                          series={"distilled student": "accuracy", "baseline student": "baseline_accuracy"},
+                          references={"teacher": federation["teacher_accuracy"]})

@@ -34,7 +34,9 @@ from app.aggregation import batchnorm_keys, to_arrays, to_state_dict
 from app.config import KDConfig, differences, load_config
 from app.data import Data, check_compatible, load_dataset
 from app.errors import ConfigError, FederationError
-from app.models import agreed_classes, build_model, load_weights, state_signature
+from app.model_checks import agreed_classes
+from app.model_files import build_model
+from app.weights import load_weights, state_signature
 from app.training import Evaluation, TrainSettings, compute_logits, evaluate, resolve_device, train_local
 from app.transport import Models, Wire
 

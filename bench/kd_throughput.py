@@ -10,7 +10,7 @@ Measures training samples per second on MNIST-shaped data, all in one run:
 
 The last line is ``speedup_vs_seed_loop=<a/b> kd_vs_plain=<a/c>``. See bench/README.md.
 
-    python bench/kd_throughput.py [--samples 10000] [--epochs 3] [--threads 2]
+    python -m bench.kd_throughput [--samples 10000] [--epochs 3] [--threads 2]
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import argparse
 import copy
 import datetime
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,16 +28,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from app.data import TensorData
+from app.losses import kd_loss
+from app.model_files import build_model
+from app.profile import parameter_count
+from app.training import TrainSettings, compute_logits, train_local
+from scripts.devdata.args import positive_int
+from scripts.devdata.idx import DEFAULT_MNIST, idx_file, read_idx
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))   # run as a script from anywhere: `app` lives in the repo root
-
-from app.data import TensorData  # noqa: E402
-from app.idx import idx_file, read_idx  # noqa: E402
-from app.losses import kd_loss  # noqa: E402
-from app.models import build_model, parameter_count  # noqa: E402
-from app.training import TrainSettings, compute_logits, train_local  # noqa: E402
-
-DEFAULT_MNIST = ROOT.parent / "shared" / "datasets" / "mnist"   # next to the repository
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "kd_throughput.txt"
 TEACHER_FILE = ROOT / "models" / "mnist_cnn_teacher.py"
 STUDENT_FILE = ROOT / "models" / "mnist_cnn_student.py"
@@ -192,12 +190,12 @@ def report(measurements: list[Measurement], samples: int, caching_seconds: float
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=_positive, default=10_000, help="training images used (default 10000)")
-    parser.add_argument("--batch-size", type=_positive, default=256, help="batch size of all loops (default 256)")
-    parser.add_argument("--epochs", type=_positive, default=3, help="timed epochs per loop (default 3)")
+    parser.add_argument("--samples", type=positive_int, default=10_000, help="training images used (default 10000)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="batch size of all loops (default 256)")
+    parser.add_argument("--epochs", type=positive_int, default=3, help="timed epochs per loop (default 3)")
     parser.add_argument("--warmup", type=int, default=1, choices=range(0, 10), metavar="N",
                         help="untimed warm-up epochs per loop (default 1)")
-    parser.add_argument("--threads", type=_positive, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models' initial weights (default 0)")
     parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_MNIST,
                         help=f"folder with the MNIST IDX files (default {DEFAULT_MNIST})")
@@ -206,13 +204,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="text file the printed table is also written to (default bench/results/kd_throughput.txt)")
     return parser.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 On real MNIST, 3 sites distill the sample teacher into the sample student. Their training
 images are split IID, Dirichlet(0.5) or Dirichlet(0.1) by label (the splits of
-``scripts/make_sample_data.py``) and the sites' students are combined by FedAvg or FedProx;
+``scripts.make_sample_data``) and the sites' students are combined by FedAvg or FedProx;
 a centralized distillation on the pooled images of the same 3 sites is the reference.
 Every final student is scored on one common test set (MNIST t10k) and on the sites' own
 test sets, which are skewed like their training sets.
@@ -10,7 +10,7 @@ test sets, which are skewed like their training sets.
 The federation runs in this process with the app's ``Site`` objects: training, payloads
 and aggregation are the app's own, only the HTTP transport between sites is skipped.
 
-    python bench/noniid.py [--per-site 5000] [--rounds 10] [--mu 0.1]
+    python -m bench.noniid [--per-site 5000] [--rounds 10] [--mu 0.1]
 """
 from __future__ import annotations
 
@@ -29,20 +29,19 @@ import numpy as np
 import torch
 import yaml
 
+from app.aggregation import flatten, to_arrays
+from app.api import distill
+from app.config import SECTION
+from app.data import TensorData
+from app.model_files import build_model
+from app.weights import load_weights
+from app.site import Site
+from app.training import evaluate
+from scripts.devdata.args import positive_int
+from scripts.devdata.idx import DEFAULT_MNIST, MNIST_FILES, idx_file, read_idx
+from scripts.devdata.partition import site_indices
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))   # run as a script from anywhere: `app` lives in the repo root
-
-from app.aggregation import flatten, to_arrays  # noqa: E402
-from app.api import distill  # noqa: E402
-from app.config import SECTION  # noqa: E402
-from app.data import TensorData  # noqa: E402
-from app.idx import MNIST_FILES, idx_file, read_idx  # noqa: E402
-from app.models import build_model, load_weights  # noqa: E402
-from app.site import Site  # noqa: E402
-from app.training import evaluate  # noqa: E402
-from bench.kd_throughput import DEFAULT_MNIST, _positive  # noqa: E402
-from scripts.make_sample_data import split_clients  # noqa: E402
-
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "noniid.txt"
 SAMPLE = ROOT / "sample_data"
 # The sample teacher was trained on the first 30,000 images of this permutation of the MNIST
@@ -91,7 +90,7 @@ def load_pool(mnist_dir: Path, sample_dir: Path) -> Pool:
         raise SystemExit(
             f"noniid: no MNIST in {mnist_dir} (looked for {', '.join(MNIST_FILES)}, optionally .gz) and no sample "
             f"sites {sample_dir}/c*/train.npz + test.npz. Pass --mnist-dir with the folder holding the MNIST "
-            f"IDX files, or create the sample data with scripts/make_sample_data.py.")
+            f"IDX files, or create the sample data with scripts.make_sample_data.")
     train, test = (concatenate([read_npz(f / name) for f in folders]) for name in ("train.npz", "test.npz"))
     names = ", ".join(f.name for f in folders)
     return Pool(train, test, f"NO MNIST in {mnist_dir}: falling back to the sample sites {names} in {sample_dir} "
@@ -111,11 +110,9 @@ def concatenate(parts: list[Arrays]) -> Arrays:
 def split_sites(pool: Pool, alpha: float | None, sites: int, per_site: int, per_site_test: int,
                 seed: int) -> list[tuple[Arrays, Arrays]]:
     """Each site's (train, test) arrays: IID when ``alpha`` is None, else Dirichlet(alpha) label skew
-    (a site's test set skewed like its training set), exactly as make_sample_data.py splits."""
-    settings = argparse.Namespace(clients=sites, split="iid" if alpha is None else "dirichlet",
-                                  dirichlet_alpha=alpha, train_per_client=per_site,
-                                  test_per_client=per_site_test, seed=seed)
-    train_parts, test_parts = split_clients(settings, pool.train[1], pool.test[1])
+    (a site's test set skewed like its training set), exactly as scripts.make_sample_data splits."""
+    train_parts, test_parts = site_indices("iid" if alpha is None else "dirichlet", pool.train[1], pool.test[1],
+                                           sites, per_site, per_site_test, alpha, seed)
     return [((pool.train[0][tr], pool.train[1][tr]), (pool.test[0][te], pool.test[1][te]))
             for tr, te in zip(train_parts, test_parts)]
 
@@ -287,15 +284,15 @@ def run_all(args: argparse.Namespace) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-site", type=_positive, default=5000, help="training images per site (default 5000)")
-    parser.add_argument("--per-site-test", type=_positive, default=1000,
+    parser.add_argument("--per-site", type=positive_int, default=5000, help="training images per site (default 5000)")
+    parser.add_argument("--per-site-test", type=positive_int, default=1000,
                         help="test images per site, skewed like its training images (default 1000)")
-    parser.add_argument("--sites", type=_positive, default=3, help="number of sites (default 3)")
-    parser.add_argument("--rounds", type=_positive, default=10, help="federated rounds (default 10)")
+    parser.add_argument("--sites", type=positive_int, default=3, help="number of sites (default 3)")
+    parser.add_argument("--rounds", type=positive_int, default=10, help="federated rounds (default 10)")
     parser.add_argument("--mu", type=float, default=0.1, help="FedProx proximal weight (default 0.1)")
     parser.add_argument("--alphas", type=positive_numbers, default=[0.5, 0.1],
                         help="Dirichlet alphas of the skewed splits, comma-separated (default 0.5,0.1)")
-    parser.add_argument("--threads", type=_positive, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the training (default 0)")
     parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_MNIST,
                         help=f"folder with the MNIST IDX files (default {DEFAULT_MNIST})")

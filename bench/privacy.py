@@ -7,7 +7,7 @@ and noises each site's round change with the DP settings the app hands the engin
 A first run without privacy measures how large a site's round change is; the clipping norm
 is chosen from it unless ``--clipping`` / ``--l1-clipping`` say otherwise.
 
-    python bench/privacy.py [--epsilons 1,10,100,1000,10000] [--clipping 3.5]
+    python -m bench.privacy [--epsilons 1,10,100,1000,10000] [--clipping 3.5]
 """
 from __future__ import annotations
 
@@ -24,17 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))   # run as a script from anywhere: `app` lives in the repo root
-
-from app.aggregation import flatten  # noqa: E402
-from app.config import DPConfig  # noqa: E402
-from app.site import Site  # noqa: E402
-from app.testbed.privacy import dp_noise, gauss_sigma, smpc_sum  # noqa: E402
-from bench.kd_throughput import _positive  # noqa: E402
-from bench.noniid import (Arrays, Deliver, Outcome, generic_settings, hand_over, positive_numbers,  # noqa: E402
+from app.aggregation import flatten
+from app.config import DPConfig
+from app.site import Site
+from bench.noniid import (Arrays, Deliver, Outcome, generic_settings, hand_over, positive_numbers,
                           read_npz, run_federated, run_script, shown, table)
+from scripts.devdata.args import positive_int
+from testbed.privacy import dp_noise, gauss_sigma, smpc_sum
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "privacy.txt"
 SAMPLE = ROOT / "sample_data"
 DELTA = 1e-5
@@ -141,7 +139,7 @@ class Federation:
         folders = sorted(f for f in sample_dir.glob("c*") if (f / "train.npz").is_file() and (f / "test.npz").is_file())
         if not folders:
             raise SystemExit(f"privacy: no sample sites {sample_dir}/c*/train.npz + test.npz. Create them with "
-                             "scripts/make_sample_data.py or pass --sample-dir.")
+                             "scripts.make_sample_data or pass --sample-dir.")
         settings = generic_settings(sample_dir / "generic")
         if rounds:
             settings["max_iter"] = rounds
@@ -228,9 +226,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "site's round change, to 2 digits)")
     parser.add_argument("--l1-clipping", type=float, default=None,
                         help="L1 clipping norm of the Laplace rows (default: the measured median L1 norm)")
-    parser.add_argument("--rounds", type=_positive, default=None,
+    parser.add_argument("--rounds", type=positive_int, default=None,
                         help="rounds (default: max_iter of the sample config.yml, 6)")
-    parser.add_argument("--threads", type=_positive, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the DP noise (default 0)")
     parser.add_argument("--sample-dir", type=Path, default=SAMPLE,
                         help="the sample federation: generic/ and c*/ (default sample_data/)")

@@ -1,6 +1,6 @@
 """Regenerate sample_data/ from the MNIST IDX files.
 
-    python scripts/make_sample_data.py [--clients 2] [--split iid|dirichlet] [--dirichlet-alpha 0.5]
+    python -m scripts.make_sample_data [--clients 2] [--split iid|dirichlet] [--dirichlet-alpha 0.5]
 
 Writes, from real MNIST:
   generic/  config.yml, teacher.py, student.py (copies of the model zoo's MNIST pair)
@@ -22,21 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from app.data import TensorData
+from app.model_files import build_model
+from app.profile import parameter_count
+from app.training import TrainSettings, evaluate, train_local
+from scripts.devdata.idx import DEFAULT_MNIST, MNIST_FILES, idx_file, read_idx
+from scripts.devdata.partition import site_indices
 
-from app.data import TensorData  # noqa: E402
-from app.idx import MNIST_FILES, idx_file, read_idx  # noqa: E402
-from app.models import build_model, parameter_count  # noqa: E402
-from app.partition import dirichlet_shares, split_by_shares, split_iid  # noqa: E402
-from app.training import TrainSettings, evaluate, train_local  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TEACHER_FILE = REPO / "models" / "mnist_cnn_teacher.py"
 STUDENT_FILE = REPO / "models" / "mnist_cnn_student.py"
 
 CONFIG = """\
 # Sample federation: real MNIST split over {clients} sites ({split}).
-# Regenerate with: python scripts/make_sample_data.py {arguments}
+# Regenerate with: python -m scripts.make_sample_data {arguments}
 # Every key is explained in the config.yml at the top of the repository.
 fc_knowledge_distillation:
   teacher_model: teacher.py
@@ -57,7 +57,7 @@ fc_knowledge_distillation:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared" / "datasets" / "mnist",
+    parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_MNIST,
                         help="folder with the four MNIST IDX files, gzipped or not (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=REPO / "sample_data",
                         help="where generic/ and c1/, c2/, ... go (default: the repository's sample_data/)")
@@ -92,7 +92,9 @@ def main(argv: list[str]) -> int:
 
     order = np.random.default_rng(args.seed).permutation(len(y_train))
     teacher_idx, client_pool = order[:args.teacher_samples], order[args.teacher_samples:]
-    train_parts, test_parts = split_clients(args, y_train[client_pool], y_test)
+    train_parts, test_parts = site_indices(args.split, y_train[client_pool], y_test, args.clients,
+                                           args.train_per_client, args.test_per_client, args.dirichlet_alpha,
+                                           args.seed)
 
     generic = args.out / "generic"
     generic.mkdir(parents=True, exist_ok=True)
@@ -116,18 +118,6 @@ def main(argv: list[str]) -> int:
 
 def describe(args: argparse.Namespace) -> str:
     return "IID" if args.split == "iid" else f"Dirichlet non-IID, alpha {args.dirichlet_alpha}"
-
-
-def split_clients(args: argparse.Namespace, pool_labels: np.ndarray,
-                  test_labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Index sets into the client pool (train) and the MNIST test set, one per client."""
-    if args.split == "iid":
-        return (split_iid(pool_labels, args.clients, args.train_per_client, args.seed),
-                split_iid(test_labels, args.clients, args.test_per_client, args.seed + 1))
-    # A site's test set is skewed like its training set: it is that site's own data.
-    shares = dirichlet_shares(10, args.clients, args.dirichlet_alpha, args.seed)
-    return (split_by_shares(pool_labels, shares, args.clients * args.train_per_client, args.seed),
-            split_by_shares(test_labels, shares, args.clients * args.test_per_client, args.seed + 1))
 
 
 def save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:

@@ -4,7 +4,8 @@ import torch
 
 from app.api import distill
 from app.errors import ConfigError, ModelError
-from app.models import build_model, load_weights
+from app.model_files import build_model
+from app.weights import load_weights
 from tests.conftest import SAMPLE
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.testbed.controller import Timeouts, run_federation
+from testbed.controller import Timeouts, run_federation
 from tests.conftest import REPO, SAMPLE, cut_site, generic_dir, sample_config, write_config
 
 pytestmark = pytest.mark.slow

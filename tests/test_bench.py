@@ -1,4 +1,4 @@
-"""Smoke tests of bench/kd_throughput.py, run as a subprocess with tiny settings.
+"""Smoke tests of bench.kd_throughput, run as a subprocess with tiny settings.
 
 They check the script's contract (last line, results file, data fallback, clear failure),
 never the size of the measured figures: wall-clock numbers are not asserted anywhere.
@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "bench" / "kd_throughput.py"
 LAST_LINE = re.compile(r"^speedup_vs_seed_loop=(\d+\.\d\d) kd_vs_plain=(\d+\.\d\d)$")
 TINY = ["--epochs", "1", "--threads", "1"]
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bench.kd_throughput", *args], capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
 
 

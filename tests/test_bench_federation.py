@@ -1,4 +1,4 @@
-"""Smoke tests of bench/noniid.py and bench/privacy.py, run as subprocesses with tiny settings.
+"""Smoke tests of bench.noniid and bench.privacy, run as subprocesses with tiny settings.
 
 They check each table's structure (columns, one row per configuration, accuracies in [0, 1])
 and the results file, never the size of the figures.
@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
+from scripts.devdata.idx import DEFAULT_MNIST
 from tests.conftest import REPO, cut_site, generic_dir
 
 pytestmark = pytest.mark.slow
-MNIST = "/work/shared/datasets/mnist"
+MNIST = str(DEFAULT_MNIST)
 
 
 def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(REPO / "bench" / script), "--threads", "1", *args],
+    done = subprocess.run([sys.executable, "-m", f"bench.{script}", "--threads", "1", *args],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr
     return done
@@ -45,10 +46,10 @@ def small_samples(tmp_path):
     return root
 
 
-@pytest.mark.skipif(not (REPO.parent / "shared" / "datasets" / "mnist").is_dir(), reason="needs MNIST")
+@pytest.mark.skipif(not DEFAULT_MNIST.is_dir(), reason="needs MNIST")
 def test_noniid_table_has_every_split_and_strategy_on_mnist(tmp_path):
     results = tmp_path / "out" / "noniid.txt"
-    done = run_bench("noniid.py", "--per-site", "150", "--per-site-test", "60", "--rounds", "1", "--alphas", "0.3",
+    done = run_bench("noniid", "--per-site", "150", "--per-site-test", "60", "--rounds", "1", "--alphas", "0.3",
                      "--mnist-dir", MNIST, "--results", str(results))
     assert results.read_text() == done.stdout
     assert "the 30,000 training images the sample teacher did not see" in done.stdout
@@ -61,7 +62,7 @@ def test_noniid_table_has_every_split_and_strategy_on_mnist(tmp_path):
 
 
 def test_noniid_falls_back_to_the_sample_sites_and_says_so(tmp_path, small_samples):
-    done = run_bench("noniid.py", "--per-site", "500", "--rounds", "1", "--alphas", "0.5", "--sites", "2",
+    done = run_bench("noniid", "--per-site", "500", "--rounds", "1", "--alphas", "0.5", "--sites", "2",
                      "--mnist-dir", str(tmp_path / "no_mnist"), "--sample-dir", str(small_samples),
                      "--results", str(tmp_path / "noniid.txt"))
     assert f"NO MNIST in {tmp_path / 'no_mnist'}: falling back to the sample sites c1, c2" in done.stdout
@@ -74,7 +75,7 @@ def test_noniid_falls_back_to_the_sample_sites_and_says_so(tmp_path, small_sampl
 
 def test_privacy_table_has_the_plain_smpc_and_dp_rows(tmp_path, small_samples):
     results = tmp_path / "privacy.txt"
-    done = run_bench("privacy.py", "--rounds", "1", "--epsilons", "10", "--laplace-epsilons", "1000",
+    done = run_bench("privacy", "--rounds", "1", "--epsilons", "10", "--laplace-epsilons", "1000",
                      "--clipping", "0.5", "--sample-dir", str(small_samples), "--results", str(results))
     assert results.read_text() == done.stdout
     assert re.search(r"L2 norm median \d", done.stdout)

@@ -13,7 +13,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from app.data import LazyData, TensorData, as_data, check_compatible, load_dataset
 from app.errors import DataError
-from app.idx import read_idx
+from scripts.devdata.idx import read_idx
 
 MNIST_DIR = Path("/work/shared/datasets/mnist")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.models import build_model
+from app.model_files import build_model
 from tests.conftest import SAMPLE, site_input
 
 pytestmark = pytest.mark.docker

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from app.testbed.controller import run_federation
-from app.testbed.launcher import LocalProcessLauncher
+from testbed.controller import run_federation
+from testbed.launcher import LocalProcessLauncher
 from tests.conftest import REPO, SECTION
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""scripts/make_sample_data.py: a sample federation from the MNIST IDX files, seeded, IID or skewed."""
+"""scripts.make_sample_data: a sample federation from the MNIST IDX files, seeded, IID or skewed."""
 import hashlib
 import subprocess
 import sys
@@ -6,17 +6,19 @@ import sys
 import numpy as np
 import pytest
 
-from app.models import build_model, load_weights
+from app.model_files import build_model
+from app.weights import load_weights
+from scripts.devdata.idx import DEFAULT_MNIST
 from tests.conftest import REPO
 
-MNIST = REPO.parent / "shared" / "datasets" / "mnist"
+MNIST = DEFAULT_MNIST
 TINY = ["--train-per-client", "60", "--test-per-client", "20", "--teacher-samples", "300", "--teacher-epochs", "1"]
 needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"no MNIST IDX files in {MNIST}")
 
 
 def make(out, *args, mnist=MNIST) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "make_sample_data.py"), "--mnist-dir", str(mnist),
-                           "--out", str(out), *TINY, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "scripts.make_sample_data", "--mnist-dir", str(mnist),
+                           "--out", str(out), *TINY, *args], capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 def site_arrays(folder) -> dict[str, np.ndarray]:

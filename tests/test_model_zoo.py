@@ -13,7 +13,9 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from app.models import build_model, dry_run, parameter_count
+from app.model_checks import dry_run
+from app.model_files import build_model
+from app.profile import parameter_count
 
 torch.set_num_threads(1)
 

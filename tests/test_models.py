@@ -1,4 +1,4 @@
-"""Tests of app.models: importing user model files, loading weights, dry runs, summaries."""
+"""Tests of the model modules (model_files, weights, model_checks, profile): importing user model files, loading weights, dry runs, summaries."""
 from __future__ import annotations
 
 import inspect
@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from app.errors import ModelError
-from app.models import (ModelSummary, build_model, check_outputs, dry_run, load_weights, parameter_count,
-                        serialized_size, state_signature, summarize)
+from app.model_checks import check_outputs, dry_run
+from app.model_files import build_model
+from app.profile import ModelSummary, parameter_count, serialized_size, summarize
+from app.weights import load_weights, state_signature
 
 torch.set_num_threads(1)
 

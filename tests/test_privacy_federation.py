@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.models import build_model
-from app.testbed.controller import run_federation
+from app.model_files import build_model
+from testbed.controller import run_federation
 from tests.conftest import REPO, SAMPLE
 
 pytestmark = pytest.mark.slow

@@ -24,7 +24,8 @@ def test_python_api_example_runs_and_distills(monkeypatch):
 
 
 def test_model_example_is_a_valid_model_file(tmp_path):
-    from app.models import build_model, dry_run
+    from app.model_checks import dry_run
+    from app.model_files import build_model
     path = tmp_path / "student.py"
     path.write_text(python_block("import torch"))
     model = build_model(path, {}, "student_model")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from app import report
-from app.report_md import milliseconds, number, percent, size, times
+from app import plots
+from app.report import milliseconds, number, percent, size, times
 from app.results import write_outputs
 from app.site import Site
 from tests.conftest import site_input
@@ -121,7 +121,7 @@ def test_a_run_failing_while_writing_changes_no_earlier_output(tmp_path, monkeyp
 
     def broken_plot(*args, **kwargs):
         raise RuntimeError("plotting failed")
-    monkeypatch.setattr(report, "plot_confusion", broken_plot)
+    monkeypatch.setattr(plots, "plot_confusion", broken_plot)
     with pytest.raises(RuntimeError, match="plotting failed"):
         write_outputs(site, federation=[site.summary()])
     assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir() if path.is_file()} == earlier

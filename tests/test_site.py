@@ -10,7 +10,7 @@ from app.aggregation import batchnorm_keys, flatten
 from app.errors import ConfigError, FederationError
 from app.results import write_outputs
 from app.site import Site
-from app.testbed.privacy import smpc_sum
+from testbed.privacy import smpc_sum
 from tests.conftest import site_input
 
 

@@ -1,4 +1,4 @@
-"""The local test-bed (app/testbed) driving real client processes of a toy FeatureCloud app over real HTTP.
+"""The local test-bed (testbed) driving real client processes of a toy FeatureCloud app over real HTTP.
 
 The toy app (tests/testbed_toy) runs on the real engine: each client sends a
 number per round, the coordinator sums, everyone receives the sum; config.yml
@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 import yaml
 
-from app.testbed import FederationResult, LocalProcessLauncher, Timeouts, run_federation
-from app.testbed.cli import main as simulate
-from app.testbed.client_api import Status
-from app.testbed.launcher import ClientSpec, LocalClient
-from app.testbed.logs import error_from_log
-from app.testbed.privacy import PayloadError, clip, dp_noise, gauss_sigma, smpc_sum
-from app.testbed.routing import Delivery, Router, RoutingError
-from app.testbed.sites import client_ids, prepare_sites
+from testbed import FederationResult, LocalProcessLauncher, Timeouts, run_federation
+from testbed.cli import main as simulate
+from testbed.client_api import Status
+from testbed.launcher import ClientSpec, LocalClient
+from testbed.logs import error_from_log
+from testbed.privacy import PayloadError, clip, dp_noise, gauss_sigma, smpc_sum
+from testbed.routing import Delivery, Router, RoutingError
+from testbed.sites import client_ids, prepare_sites
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "tests" / "testbed_toy" / "main.py"
@@ -307,7 +307,7 @@ def test_run_timeout_ends_a_hanging_federation(tmp_path):
 def test_sigterm_to_the_controller_stops_every_client(tmp_path):
     federation = make_federation(tmp_path, [3, 5])
     federation.own_config(1, fault="hang", fault_round=2)
-    command = [sys.executable, "-m", "app.testbed", "--entry", str(TOY), "--generic-dir", str(federation.generic),
+    command = [sys.executable, "-m", "testbed", "--entry", str(TOY), "--generic-dir", str(federation.generic),
                "--client-dirs", ",".join(map(str, federation.clients)), "--output-dir", str(federation.output)]
     controller = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -24,10 +24,10 @@ import pytest
 import torch
 import yaml
 
-from app.testbed.cli import CONTAINER_START_TIMEOUT, main as simulate
-from app.testbed.controller import FederationResult, Timeouts, run_federation
-from app.testbed.docker import LABEL, ContainerClient, DockerLauncher
-from app.testbed.launcher import ClientSpec
+from testbed.cli import CONTAINER_START_TIMEOUT, main as simulate
+from testbed.controller import FederationResult, Timeouts, run_federation
+from testbed.docker import LABEL, ContainerClient, DockerLauncher
+from testbed.launcher import ClientSpec
 from scripts.check_outputs import problems
 from tests.conftest import REPO, SAMPLE, SECTION
 from tests.test_docker import IMAGE, docker, why_no_docker

@@ -1,4 +1,4 @@
-"""A tiny FeatureCloud app on the real engine, to test the local test-bed (app/testbed).
+"""A tiny FeatureCloud app on the real engine, to test the local test-bed (testbed).
 
     python tests/testbed_toy/main.py serve --port P --input-dir IN --output-dir OUT
 

@@ -23,9 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.testbed.controller import SHORT_ENGINE_WAITS, SiteFailure
-from app.testbed.launcher import ClientSpec, die_with_parent
-from app.testbed.sites import UsageError
+from testbed.controller import SHORT_ENGINE_WAITS, SiteFailure
+from testbed.launcher import ClientSpec, die_with_parent
+from testbed.sites import UsageError
 
 LABEL = "fc-knowledge-distillation.testbed"
 API_PORT, WEB_PORT = 9000, 9001

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from app.testbed.controller import Timeouts, run_federation
-from app.testbed.docker import DockerLauncher
-from app.testbed.sites import UsageError
+from testbed.controller import Timeouts, run_federation
+from testbed.docker import DockerLauncher
+from testbed.sites import UsageError
 
-APP_ENTRY = Path(__file__).resolve().parents[2] / "main.py"
+APP_ENTRY = Path(__file__).resolve().parents[1] / "main.py"
 # Containers start nginx, then import torch, several at once on a shared machine: give them longer.
 CONTAINER_START_TIMEOUT = 120.0
 

@@ -5,10 +5,10 @@
 speaks only the controller's HTTP protocol to each client (see controller.py), so it
 knows nothing about the app it drives. `cli.main` is the `simulate` command.
 """
-from app.testbed.controller import FederationResult, Timeouts, run_federation
-from app.testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher
-from app.testbed.routing import Delivery
-from app.testbed.sites import UsageError
+from testbed.controller import FederationResult, Timeouts, run_federation
+from testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher
+from testbed.routing import Delivery
+from testbed.sites import UsageError
 
 __all__ = ["ClientHandle", "ClientSpec", "Delivery", "FederationResult", "Launcher", "LocalProcessLauncher",
            "Timeouts", "UsageError", "run_federation"]

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
 
-from app.testbed.client_api import BadAnswer, ClientApi, RequestFailed, Status, Unreachable, web_state
-from app.testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher, stop_all
-from app.testbed.logs import error_from_log, tail
-from app.testbed.routing import Delivery, Post, Router, RoutingError
-from app.testbed.sites import ClientFolders, UsageError, check_arguments, prepare_sites
+from testbed.client_api import BadAnswer, ClientApi, RequestFailed, Status, Unreachable, web_state
+from testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher, stop_all
+from testbed.logs import error_from_log, tail
+from testbed.routing import Delivery, Post, Router, RoutingError
+from testbed.sites import ClientFolders, UsageError, check_arguments, prepare_sites
 
 # Engine waits shortened for local runs (the platform's are 1 s, 10 s and 0.1 s).
 SHORT_ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "1", "FC_DATA_POLL_INTERVAL": "0.02"}

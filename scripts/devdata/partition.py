@@ -40,3 +40,16 @@ def split_by_shares(labels: np.ndarray, shares: np.ndarray, total: int, seed: in
         for site, chunk in enumerate(np.split(pool[:take], bounds[:-1])):
             parts[site].append(chunk)
     return [np.sort(np.concatenate(chunks)) for chunks in parts]
+
+
+def site_indices(split: str, pool_labels: np.ndarray, test_labels: np.ndarray, sites: int,
+                 train_per_site: int, test_per_site: int, alpha: float,
+                 seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Index sets into the training pool and the test set, one per site (``split``: iid or dirichlet)."""
+    if split == "iid":
+        return (split_iid(pool_labels, sites, train_per_site, seed),
+                split_iid(test_labels, sites, test_per_site, seed + 1))
+    # A site's test set is skewed like its training set: it is that site's own data.
+    shares = dirichlet_shares(int(pool_labels.max()) + 1, sites, alpha, seed)
+    return (split_by_shares(pool_labels, shares, sites * train_per_site, seed),
+            split_by_shares(test_labels, shares, sites * test_per_site, seed + 1))

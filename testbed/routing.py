@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.testbed.client_api import Status
-from app.testbed.privacy import PayloadError, dp_noise, smpc_sum
+from testbed.client_api import Status
+from testbed.privacy import PayloadError, dp_noise, smpc_sum
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,95 @@
+"""The files a site writes, and how: every file atomically (a temporary file in the same folder,
+then ``os.replace``), so an interrupted run leaves either the old file or the new one, never half
+of one. Tensors are saved on the CPU, JSON without NaN, YAML in the order given.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import yaml
+
+# The names of a site's output files.
+STUDENT_WEIGHTS = "student.pt"
+STUDENT_TORCHSCRIPT = "student_torchscript.pt"
+STUDENT_ONNX = "student.onnx"
+BASELINE_WEIGHTS = "baseline_student.pt"
+CONFUSION_PLOT = "confusion_matrix.png"
+FEDERATION_PLOT = "federation_accuracy.png"
+REPORT = "report.md"
+METRICS = "metrics.json"
+ROUNDS_CSV = "rounds.csv"
+ACCURACY_PLOT = "accuracy.png"
+LOSS_PLOT = "loss.png"
+CONFIG = "config.yml"
+LOG = "log.txt"
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through ``write(handle)`` into a temporary file, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+
+
+def save_state_dict(state_dict: Mapping[str, Any], path: Path) -> None:
+    """Saved with every tensor on the CPU, so a GPU site's file loads anywhere."""
+    atomic_write(path, lambda handle: torch.save(_on_cpu(state_dict), handle))
+
+
+def _on_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    return value
+
+
+def write_rounds_csv(rounds: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(key for row in rounds for key in row
+                                 if not isinstance(row[key], (list, dict))))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rounds)
+    write_text(path, buffer.getvalue())
+
+
+def write_config(document: Mapping, path: Path) -> None:
+    write_text(path, yaml.safe_dump(dict(document), sort_keys=False))
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON; write them as null rather than produce an invalid file."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(key): _json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(value) for value in obj]
+    return obj

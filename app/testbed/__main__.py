@@ -1,6 +1,0 @@
-"""`python -m app.testbed --client-dirs A,B --output-dir OUT [--entry APP/main.py] ...` (same as `main.py simulate`)."""
-import sys
-
-from app.testbed.cli import main
-
-sys.exit(main(sys.argv[1:]))
