@@ -41,8 +41,20 @@ def _field(default: Any, allowed: str, **constraints: Any) -> Any:
     return Field(default, json_schema_extra={"allowed": allowed}, **constraints)
 
 
+def _image_shape(value: Any) -> Any:
+    if value is None:
+        return value
+    if not isinstance(value, list) or len(value) not in (2, 3):
+        raise ValueError("not a list of 2 or 3 numbers")
+    sizes = [_whole_number(size) for size in value]
+    if any(not isinstance(size, int) or size < 1 for size in sizes):
+        raise ValueError("not whole numbers ≥ 1")
+    return sizes
+
+
 Number = Annotated[float, BeforeValidator(_number), AllowInfNan(False)]   # .inf/.nan: never meant
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+ImageShape = Annotated[list[int], BeforeValidator(_image_shape)]
 
 
 class DPConfig(BaseModel):
@@ -77,6 +89,10 @@ class KDConfig(BaseModel):
     teacher_epochs: WholeNumber = _field(0, "a whole number of local teacher epochs ≥ 0", ge=0)
     train_dataset: str = _field("train_dataset.pth", "the name of a dataset file or folder", min_length=1)
     test_dataset: str = _field("test_dataset.pth", "the name of a dataset file or folder", min_length=1)
+    train_labels: str | None = _field(None, "the name of a .npy/.npz file with train_dataset's labels, or empty")
+    test_labels: str | None = _field(None, "the name of a .npy/.npz file with test_dataset's labels, or empty")
+    image_shape: ImageShape | None = _field(None, "a list of 2 or 3 whole numbers ≥ 1 ([C, H, W], [H, W, C] or "
+                                                  "[H, W]: the shape flat image vectors are reshaped to), or empty")
 
     max_iter: WholeNumber = _field(10, "a whole number of communication rounds ≥ 1", ge=1)
     local_epochs: WholeNumber = _field(1, "a whole number of local epochs per round ≥ 1", ge=1)

@@ -1,7 +1,8 @@
 """Dataset files -> data the training code can batch fast.
 
 ``load_dataset`` reads a site's ``.pt``/``.pth`` (dict of tensors, ``(x, y)`` pair or a
-pickled torch ``Dataset``), ``.npz`` or a folder of class sub-folders of images. Files
+pickled torch ``Dataset``), ``.npz``/``.npy`` (this app's arrays and every layout FeatureCloud's
+apps write, see app.numpy_files) or a folder of class sub-folders of images. Files
 become a ``TensorData``: contiguous float32 images ``[N, C, H, W]`` and int64 labels
 ``[N]``, batched by slicing, never by per-sample Python calls. A folder of images stays
 lazy as a ``LazyData`` that loads images on demand. Both normalise images and labels the
@@ -11,10 +12,11 @@ config key, the file, the problem and the fix.
 """
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,16 +24,14 @@ from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
 from app.errors import DataError, first_line
+from app.numpy_files import label_values, pick_arrays, read_arrays, stack_images, unreadable
 from app.torch_files import load_tensors, load_trusted, refused_globals
 
-IMAGE_KEYS = ("images", "x")
-LABEL_KEYS = ("labels", "y")
-SUPPORTED = ".pt, .pth, .npz, or a folder with one sub-folder of images per class"
+SUPPORTED = ".pt, .pth, .npz, .npy, or a folder with one sub-folder of images per class"
 # Channels-last arrays ([N, H, W, C], as CIFAR is usually stored) have one of these
 # channel counts in the last dimension.
 _CHANNEL_COUNTS = (1, 3, 4)
 _GRAYSCALE_MODES = ("1", "L", "LA")
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")   # a zip archive with files, an empty one
 _LABELS_HINT = "Fix the labels array: it must hold whole numbers 0..K-1, one per image."
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -136,20 +136,37 @@ class LazyData:
 Data = TensorData | LazyData
 
 
-def load_dataset(path: Path, key: str) -> Data:
-    """The dataset at ``path``; ``key`` is its config key, named in every error message."""
+class LabelsFile(NamedTuple):
+    """A file holding a dataset's labels apart from its images, and its config key."""
+
+    path: Path
+    key: str
+
+
+def load_dataset(path: Path, key: str, labels: LabelsFile | None = None,
+                 image_shape: Sequence[int] | None = None) -> Data:
+    """The dataset at ``path``; ``key`` is its config key, named in every error message.
+
+    ``labels``: the labels of a ``.npy``/``.npz`` of images alone. ``image_shape``: the shape flat
+    image vectors are reshaped to, in the order they were flattened ([C, H, W], [H, W, C], [H, W]).
+    Object arrays in ``.npy``/``.npz`` files are unpickled: pass only the site's own files.
+    """
     path = Path(path)
     name = f"{key} '{path.name}'"
     if path.is_dir():
+        _refuse_labels_file(labels, name, "a folder of images (its sub-folders are the labels)")
         return _load_image_folder(path, name)
     if not path.exists():
         raise DataError(f"{name}: no such file or folder, looked for {path}.{_folder_listing(path.parent)} "
                         f"Put the dataset there or set {key} to the right name.")
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
-        return _from_object(_torch_load(path, name), name)
-    if suffix == ".npz":
-        return _load_npz(path, name)
+        _refuse_labels_file(labels, name, "a .pt/.pth file")
+        return _from_object(_torch_load(path, name), name, image_shape)
+    if suffix in (".npz", ".npy"):
+        labels_path, labels_name = (labels.path, f"{labels.key} '{labels.path.name}'") if labels else (None, "")
+        arrays = read_arrays(path, name, labels_path, labels_name)
+        return _from_arrays(arrays.images, arrays.labels, name, image_shape)
     raise DataError(f"{name}: unsupported file type '{path.suffix}'. Supported: {SUPPORTED}. "
                     "Convert the dataset to one of these.")
 
@@ -203,41 +220,74 @@ def _torch_load(path: Path, name: str) -> Any:
         return load_tensors(path)
     except Exception as error:
         if not refused_globals(error):
-            raise _unreadable(name, not_torch if isinstance(error, pickle.UnpicklingError)
-                              else first_line(error)) from error
+            raise unreadable(name, not_torch if isinstance(error, pickle.UnpicklingError)
+                             else first_line(error)) from error
     # Only a pickled object (e.g. a torchvision Dataset, as the original app accepted)
     # needs the full unpickler; the file comes from the site's own input dir.
     try:
         return load_trusted(path)
     except pickle.UnpicklingError as error:
-        raise _unreadable(name, not_torch) from error
+        raise unreadable(name, not_torch) from error
     except Exception as error:
-        raise _unreadable(name, first_line(error)) from error
+        raise unreadable(name, first_line(error)) from error
 
 
-def _unreadable(name: str, reason: str) -> DataError:
-    return DataError(f"{name}: cannot read the file, it is corrupt, truncated or not in the format its "
-                     f"extension says ({reason}). Write it again, e.g. with torch.save or numpy.savez.")
+def _refuse_labels_file(labels: LabelsFile | None, name: str, what: str) -> None:
+    if labels is not None:
+        raise DataError(f"{labels.key}: '{labels.path.name}' is set, but {name} is {what}, which holds its own "
+                        f"labels. Remove {labels.key} from config.yml; it is for .npy/.npz files of images alone.")
 
 
-def _load_npz(path: Path, name: str) -> TensorData:
-    try:
-        with open(path, "rb") as handle:
-            start = handle.read(len(_ZIP_MAGIC[0]))
-        if start not in _ZIP_MAGIC:   # np.load would take it for a pickle and suggest loading it unsafely
-            raise ValueError("it is not a zip archive, which every .npz file is")
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except Exception as error:  # np.load fails in many ways (BadZipFile, zlib.error, ValueError...)
-        raise _unreadable(name, first_line(error)) from error
-    return _from_mapping(arrays, name)
+def _from_arrays(images: Any, labels: Any, name: str, image_shape: Sequence[int] | None) -> TensorData:
+    """A TensorData from arrays as files hold them: per-sample entries stacked, labels written as
+    text read as numbers, flat image vectors reshaped to ``image_shape``."""
+    if not isinstance(images, torch.Tensor):
+        images = stack_images(images, name)
+    if not isinstance(labels, torch.Tensor):
+        labels = label_values(labels, name)
+    return TensorData(_shaped(images, image_shape, name), labels, name=name)
 
 
-def _from_object(obj: Any, name: str) -> TensorData:
+def _shaped(images: Any, image_shape: Sequence[int] | None, name: str) -> Any:
+    """Flat image vectors ([N, D]) reshaped to [N, *image_shape]; other images must already have that shape."""
+    if images.ndim < 2 or not len(images):
+        return images
+    sample = tuple(images.shape[1:])
+    if image_shape is None:
+        if len(sample) == 1:
+            raise DataError(f"{name}: the images are flat vectors of {sample[0]} values. Set image_shape in "
+                            f"config.yml to the shape they were flattened from{_shape_guess(sample[0])} "
+                            "(or reshape the images array).")
+        return images
+    wanted = tuple(image_shape)
+    if len(sample) > 1:
+        if sample != wanted:
+            raise DataError(f"{name}: the images have shape {list(sample)}, not image_shape {list(wanted)}. "
+                            "image_shape describes flat image vectors: remove it, or set it to the images' shape.")
+        return images
+    if sample[0] != math.prod(wanted):
+        raise DataError(f"{name}: the images are flat vectors of {sample[0]} values, which do not fit image_shape "
+                        f"{list(wanted)} ({math.prod(wanted)} values). Set image_shape to the shape they were "
+                        f"flattened from{_shape_guess(sample[0])}; in FeatureCloud's same-last layout the last "
+                        "value of each row is its label, not a pixel.")
+    return images.reshape(len(images), *wanted)
+
+
+def _shape_guess(size: int) -> str:
+    """Likely shapes of a flat image of ``size`` values, for the message: square, grey or colour."""
+    guesses = []
+    for channels in (1, 3):
+        side = math.isqrt(size // channels)
+        if side * side * channels == size and side > 1:
+            guesses.append(f"[{side}, {side}]" if channels == 1 else f"[3, {side}, {side}] or [{side}, {side}, 3]")
+    return f", e.g. {' or '.join(guesses)}" if guesses else " ([C, H, W], [H, W, C] or [H, W])"
+
+
+def _from_object(obj: Any, name: str, image_shape: Sequence[int] | None = None) -> TensorData:
     if isinstance(obj, dict):
-        return _from_mapping(obj, name)
+        return _from_mapping(obj, name, image_shape)
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        return TensorData(obj[0], obj[1], name=name)
+        return _from_arrays(obj[0], obj[1], name, image_shape)
     if isinstance(obj, TensorDataset) and len(obj.tensors) == 2:
         return TensorData(*obj.tensors, name=name)
     if isinstance(obj, Dataset):
@@ -246,14 +296,9 @@ def _from_object(obj: Any, name: str) -> TensorData:
                     "'labels' (or 'y'), an (images, labels) tuple, or a torch Dataset. Save one of these.")
 
 
-def _from_mapping(mapping: dict, name: str) -> TensorData:
-    images_key = next((key for key in IMAGE_KEYS if key in mapping), None)
-    labels_key = next((key for key in LABEL_KEYS if key in mapping), None)
-    if images_key is None or labels_key is None:
-        found = ", ".join(repr(key) for key in mapping) or "none"
-        raise DataError(f"{name}: expected keys 'images' (or 'x') and 'labels' (or 'y'), found keys: {found}. "
-                        "Save the arrays under those names.")
-    return TensorData(mapping[images_key], mapping[labels_key], name=name)
+def _from_mapping(mapping: dict, name: str, image_shape: Sequence[int] | None = None) -> TensorData:
+    arrays = pick_arrays(mapping, name)
+    return _from_arrays(arrays.images, arrays.labels, name, image_shape)
 
 
 def _materialise(dataset: Dataset, name: str) -> TensorData:

@@ -32,7 +32,7 @@ import torch
 from app import checkpoint
 from app.aggregation import batchnorm_keys, to_arrays, to_state_dict
 from app.config import KDConfig, differences, load_config
-from app.data import Data, check_compatible, load_dataset
+from app.data import Data, LabelsFile, check_compatible, load_dataset
 from app.errors import ConfigError, FederationError
 from app.model_checks import agreed_classes
 from app.model_files import build_model
@@ -46,7 +46,8 @@ CONFIG_FILE = "config.yml"
 # every other key shapes the joint training and must be the same everywhere.
 # init_student is read by the coordinator, whose weights reach everyone in the plan (with FedBN each
 # site also reads its own copy for the BatchNorm layers it keeps).
-SITE_LOCAL_KEYS = ("train_dataset", "test_dataset", "teacher_model", "teacher_args",
+SITE_LOCAL_KEYS = ("train_dataset", "test_dataset", "train_labels", "test_labels", "image_shape",
+                   "teacher_model", "teacher_args",
                    "teacher_weights", "student_model", "init_student", "device")
 
 
@@ -109,8 +110,13 @@ class Site:
         def path_of(key: str) -> Path:
             return resolve_input(input_dir, getattr(config, key), key)
 
-        train = load_dataset(path_of("train_dataset"), "train_dataset")
-        test = load_dataset(path_of("test_dataset"), "test_dataset")
+        def dataset(role: str) -> Data:
+            labels = f"{role}_labels"
+            return load_dataset(path_of(f"{role}_dataset"), f"{role}_dataset",
+                                LabelsFile(path_of(labels), labels) if getattr(config, labels) else None,
+                                config.image_shape)
+
+        train, test = dataset("train"), dataset("test")
         check_compatible(train, test)
         torch.manual_seed(config.seed)   # an untrained teacher and the student start alike everywhere
         teacher = build_model(path_of("teacher_model"), config.teacher_args, "teacher_model")

@@ -100,6 +100,23 @@ def truncated(name: str) -> Callable[[Sites], None]:
     return breaks
 
 
+def object_array_of_records(sites: Sites) -> None:
+    """An object array of dicts, as a user's own script might save it: not a FeatureCloud layout."""
+    records = np.empty(N_TRAIN, dtype=object)
+    records[:] = [{"image": np.zeros((28, 28), np.uint8), "label": 0}] * N_TRAIN
+    np.save(sites.bad / "train.npy", records)
+    write_config(sites.bad, {**BASE, "train_dataset": "train.npy"})
+
+
+def same_last_rows_with_a_wrong_image_shape(sites: Sites) -> None:
+    """The site's training set as Cross-Validation's same-last rows (flat image, then label), and an
+    image_shape that does not fit them."""
+    with np.load(sites.bad / "train.npz") as archive:
+        images, labels = archive["images"], archive["labels"]
+    np.save(sites.bad / "train.npy", [np.append(image, label) for image, label in zip(images, labels)])
+    write_config(sites.bad, {**BASE, "train_dataset": "train.npy", "image_shape": [1, 32, 32]})
+
+
 def config_only_at_the_good_site(sites: Sites) -> None:
     (sites.generic / "config.yml").unlink()
     write_config(sites.good, BASE)
@@ -266,8 +283,15 @@ CASES = [
          ("train_dataset 'train.npz': cannot read the file, it is corrupt, truncated", "Write it again")),
     Case("train-dataset-wrong-array-names",
          lambda sites: np.savez(sites.bad / "train.npz", data=np.zeros((4, 28, 28)), target=np.zeros(4)),
-         ("train_dataset 'train.npz': expected keys 'images' (or 'x') and 'labels' (or 'y'), found keys: 'data', "
-          "'target'", "Save the arrays under those names")),
+         ("train_dataset 'train.npz': expected keys 'images' (or 'x') and 'labels' (or 'y'), or FeatureCloud's "
+          "'data' and 'targets', found keys: 'data', 'target'", "Save the arrays under those names")),
+    Case("object-array-not-image-label-pairs", object_array_of_records,
+         (f"train_dataset 'train.npy': an object array of shape ({N_TRAIN},) whose entries are not image/label "
+          "pairs (entry 0 is a dict)", "FeatureCloud's same-sep ([images, labels]) or same-last")),
+    Case("flat-vectors-do-not-fit-image-shape", same_last_rows_with_a_wrong_image_shape,
+         ("train_dataset 'train.npy': the images are flat vectors of 784 values, which do not fit image_shape "
+          "[1, 32, 32] (1024 values)", "Set image_shape to the shape they were flattened from, e.g. [28, 28]"),
+         site="site1"),
     Case("labels-negative", dataset("train.npz", lambda x, y: (x, set_at(y.astype(np.int64), 5, -1))),
          ("train_dataset 'train.npz': labels must be integers 0..K-1, found -1 at index 5",
           "Fix the labels array"), site="site1"),

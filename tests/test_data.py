@@ -210,9 +210,9 @@ def test_truncated_pt_is_reported(tmp_path):
 
 
 def test_dict_without_expected_keys_lists_the_keys_found(tmp_path):
-    torch.save({"data": torch.rand(2, 2, 2), "targets": torch.zeros(2)}, tmp_path / "train.pt")
+    torch.save({"features": torch.rand(2, 2, 2), "classes": torch.zeros(2)}, tmp_path / "train.pt")
     message = load_error(tmp_path / "train.pt")
-    assert "'data'" in message and "'targets'" in message and "'images'" in message
+    assert "'features'" in message and "'classes'" in message and "'images'" in message and "'targets'" in message
 
 
 def test_empty_dataset(tmp_path):
@@ -254,10 +254,15 @@ def test_non_finite_images_are_counted(tmp_path):
     assert "3 NaN or infinite values" in load_error(write_npz(tmp_path, images, np.array([0, 1, 2])))
 
 
-@pytest.mark.parametrize("shape", [(4, 16), (2, 1, 1, 4, 4)])
-def test_images_must_be_3d_or_4d(tmp_path, shape):
+def test_images_must_be_3d_or_4d(tmp_path):
+    shape = (2, 1, 1, 4, 4)
     message = load_error(write_npz(tmp_path, np.zeros(shape, np.float32), np.zeros(shape[0], np.int64)))
     assert f"shape {shape}" in message and "[N, C, H, W]" in message
+
+
+def test_flat_images_need_their_shape(tmp_path):
+    message = load_error(write_npz(tmp_path, np.zeros((4, 16), np.float32), np.zeros(4, np.int64)))
+    assert "flat vectors of 16 values" in message and "Set image_shape" in message and "[4, 4]" in message
 
 
 def test_bool_images_are_not_numeric(tmp_path):
@@ -265,11 +270,11 @@ def test_bool_images_are_not_numeric(tmp_path):
     assert "dtype bool" in load_error(path)
 
 
-def test_object_images_are_not_numeric(tmp_path):
+def test_object_images_must_be_arrays_of_numbers(tmp_path):
     images = np.empty(2, dtype=object)
-    images[:] = [np.zeros((3, 3)), np.zeros((3, 3))]
+    images[:] = [np.zeros((3, 3)), "not an image"]
     torch.save({"images": images, "labels": np.array([0, 1])}, tmp_path / "train.pth")
-    assert "dtype object, which is not numeric" in load_error(tmp_path / "train.pth")
+    assert "image 1 is the text 'not an image', not an array of pixel values" in load_error(tmp_path / "train.pth")
 
 
 def test_check_compatible_shows_both_shapes():
