@@ -20,13 +20,15 @@ ENGINE_WAIT_ATTRIBUTES = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_
 
 def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path | None = None,
           shorten_waits: bool = False) -> None:
-    """Mount the FeatureCloud API (/api) and web UI (/web) on Bottle and serve forever."""
+    """Serve the FeatureCloud API (/api) and the site's live page (/web) until the process ends."""
+    import threading
+
     from bottle import Bottle
     from FeatureCloud.app.api.http_ctrl import api_server
-    from FeatureCloud.app.api.http_web import web_server
     import FeatureCloud.app.engine.app as engine
 
     import states
+    from web.server import ThreadedServer, serialized, web_app
 
     if shorten_waits:
         for variable, name in ENGINE_WAIT_ATTRIBUTES.items():
@@ -42,9 +44,9 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
 
     engine.app.register()
     server = Bottle()
-    server.mount("/api", api_server)
-    server.mount("/web", web_server)
-    server.run(host=host, port=port, quiet=True)   # no access-log line per controller poll
+    server.mount("/api", serialized(api_server, threading.Lock()))
+    server.mount("/web", web_app(states.BOARD).wsgi)   # also answers /web without the slash
+    server.run(server=ThreadedServer(host=host, port=port), quiet=True)
 
 
 def main(argv: list[str]) -> int:

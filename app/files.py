@@ -54,7 +54,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+    write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
 
 
 def save_state_dict(state_dict: Mapping[str, Any], path: Path) -> None:
@@ -84,12 +84,12 @@ def write_config(document: Mapping, path: Path) -> None:
     write_text(path, yaml.safe_dump(dict(document), sort_keys=False))
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """NaN/inf are not JSON; write them as null rather than produce an invalid file."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(key): _json_safe(value) for key, value in obj.items()}
+        return {str(key): json_safe(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(value) for value in obj]
+        return [json_safe(value) for value in obj]
     return obj

@@ -271,7 +271,8 @@ class Site:
             self.last_stats["baseline"] = train_local(self.models["baseline"], self.train, settings,
                                                       round_index=round_index, device=self.device,
                                                       role="baseline student")
-        return self.wire.encode(self.name, self._shared(self.models), len(self.train), self.previous)
+        return self.wire.encode(self.name, self._shared(self.models), len(self.train), self.previous,
+                                summary=self.summary())
 
     def aggregate(self, received: object, sites: int) -> Models:
         """The coordinator's global models from what the controller delivered of ``sites`` sites."""

@@ -1,7 +1,8 @@
 """How a round's update travels to the coordinator, and how it becomes the global model.
 
-- plain: each site sends its models and sample count (pickled); the coordinator
-  runs FedAvg weighted by samples.
+- plain: each site sends its models and sample count (pickled), with its summary
+  (accuracy per round so far, for the coordinator's live page); the coordinator runs
+  FedAvg weighted by samples.
 - secure aggregation (SMPC): each site, the coordinator included, sends one
   numeric vector ``[n·weights..., n]``; the controller adds the vectors of all
   sites in fixed point and hands the coordinator only the sum, which it divides
@@ -39,10 +40,11 @@ class Wire:
     def from_config(cls, config: KDConfig) -> "Wire":
         return cls(smpc=config.use_smpc, dp=config.dp is not None)
 
-    def encode(self, site: str, models: Models, samples: int, previous: Models) -> Any:
-        """What a site sends for ``models`` trained on ``samples`` samples from ``previous``."""
+    def encode(self, site: str, models: Models, samples: int, previous: Models, summary: dict | None = None) -> Any:
+        """What a site sends for ``models`` trained on ``samples`` samples from ``previous``; a plain
+        update carries the site's ``summary`` too (secure sums and noised changes carry numbers only)."""
         if not (self.smpc or self.dp):
-            return {"site": site, "models": models, "samples": samples}
+            return {"site": site, "models": models, "samples": samples, "summary": summary}
         if self.dp:
             return (flatten(models, floats_only=True) - flatten(previous, floats_only=True)).tolist()
         return np.append(flatten(models) * samples, samples).tolist()
@@ -62,6 +64,12 @@ class Wire:
                                               floats_only=True))
         summed = np.asarray(received, dtype=np.float64)
         return unflatten(summed[:-1] / summed[-1], previous)
+
+    def summaries(self, received: Any) -> list[dict]:
+        """The sites' summaries that came with plain updates (none under SMPC or DP)."""
+        if self.smpc or self.dp:
+            return []
+        return [update["summary"] for update in received if update.get("summary") is not None]
 
 
 def _valid_variances(models: Models) -> Models:

@@ -1,6 +1,7 @@
 """What every state of this app shares: where the site's files are, the site
-object, progress reporting, the update/aggregate/broadcast exchange of a round,
-and turning user mistakes into one readable log line."""
+object, progress reporting (to the controller and to the site's live page), the
+update/aggregate/broadcast exchange of a round, and turning user mistakes into one
+readable log line."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ from pathlib import Path
 from FeatureCloud.app.engine.app import AppState, DPNoisetype, State
 
 from app.checkpoint import write_error
-from app.errors import ERROR_MARKER, KDError
+from app.errors import ERROR_MARKER, KDError, first_line
+from app.results import federation_summary
 from app.site import Site
+from web.status import StatusBoard
 
 MAX_MESSAGE = 40   # the engine rejects longer status messages
 SETUP_SHARE, RESULTS_SHARE = 0.1, 0.05   # of the progress bar, before the first round and after the last
@@ -27,6 +30,9 @@ class Paths:
 
 
 PATHS = Paths()
+BOARD = StatusBoard()   # what this site's /web page shows; main.py serves it
+# The page's phase while each state runs (write_results ends with "done", published with the report).
+PHASES = {"initial": "checking", "teacher": "teacher", "distill": "round", "write_results": "writing"}
 
 
 class KDState(AppState):
@@ -44,23 +50,42 @@ class KDState(AppState):
             message = f"site {self.id}: {error}"
             print(f"{ERROR_MARKER} {json.dumps(message)}", flush=True)
             write_error(PATHS.output_dir, message)
+            BOARD.fail(message)
             raise
-        except Exception:
+        except Exception as error:
             write_error(PATHS.output_dir, f"site {self.id}: unexpected failure\n{traceback.format_exc()}")
+            BOARD.fail(f"site {self.id}: unexpected failure: {first_line(error)} (see the site's log)")
             raise
 
     @property
     def site(self) -> Site:
         return self.load("site")
 
-    def progress(self, message: str, done_steps: float) -> None:
+    def progress(self, message: str, done_steps: float, **page: object) -> None:
         """Report ``message`` and the share of the run's steps (teacher rounds + rounds) done."""
         site = self.site
         steps = site.config.teacher_rounds + site.config.max_iter - site.first_round
-        self.report(message, SETUP_SHARE + (1 - SETUP_SHARE - RESULTS_SHARE) * done_steps / max(steps, 1))
+        self.report(message, SETUP_SHARE + (1 - SETUP_SHARE - RESULTS_SHARE) * done_steps / max(steps, 1),
+                    measured=True, **page)
 
-    def report(self, message: str, fraction: float) -> None:
-        self.update(message=message[:MAX_MESSAGE], progress=min(max(fraction, 0.0), 1.0), state=State.RUNNING)
+    def report(self, message: str, fraction: float, measured: bool = False, **page: object) -> None:
+        """Tell the controller and the page; ``page`` holds further fields for the page only."""
+        fraction = min(max(fraction, 0.0), 1.0)
+        self.update(message=message[:MAX_MESSAGE], progress=fraction, state=State.RUNNING)
+        BOARD.progress(PHASES[self.name], message, fraction, measured=measured, state=self.name, **page)
+
+    def publish_federation(self, summaries: list[dict]) -> None:
+        """Coordinator: every site's accuracy per round as far as it is known here (its own up to this
+        round, the others' up to the last one, from their plain updates), weighted over all sites only
+        when every site's figures are in."""
+        known = {summary["site"]: summary for summary in summaries}
+        known[self.id] = self.site.summary()
+        federation = federation_summary(list(known.values()))
+        if len(known) < len(self.clients):
+            federation["rounds"] = []
+            federation["note"] = (f"{len(known)} of {len(self.clients)} sites so far: with secure aggregation or "
+                                  "differential privacy the others' accuracy arrives at the end of the run.")
+        BOARD.publish(federation=federation)
 
     def exchange(self, payload: object, memo: str) -> dict:
         """Send this site's update the way the config asks (plain, through the controller's secure
@@ -72,6 +97,7 @@ class KDState(AppState):
         if self.is_coordinator:
             received = (self.aggregate_data(use_smpc=True, use_dp=wire.dp, memo=update) if wire.smpc
                         else self.gather_data(use_dp=wire.dp, memo=update))
+            self.store("summaries", wire.summaries(received))
             self.broadcast_data(site.aggregate(received, sites=len(self.clients)), memo=f"{memo}_global")
         return self.await_data(memo=f"{memo}_global")
 

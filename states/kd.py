@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from FeatureCloud.app.engine.app import Role, app_state
 
+from app.files import REPORT
 from app.results import write_outputs
 from app.site import Site
-from states.base import PATHS, RESULTS_SHARE, KDState
+from states.base import BOARD, PATHS, RESULTS_SHARE, KDState
 
 
 @app_state("initial", Role.BOTH)
@@ -27,6 +28,7 @@ class InitialState(KDState):
         self.report("checking config, models, data", 0.0)
         site = Site.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.site_log)
         self.store("site", site)
+        BOARD.publish(site=site.name, coordinator=self.is_coordinator, rounds_total=site.config.max_iter)
         self.configure_privacy()
         if self.is_coordinator:
             self.broadcast_data(site.make_plan(), memo="plan")
@@ -51,7 +53,7 @@ class TeacherState(KDState):
             self.store("teacher_round", done + 1)
             return "teacher"
         self.progress("preparing teacher", done)
-        site.prepare_teacher()
+        BOARD.publish(teacher=site.prepare_teacher().as_dict())
         self.store("round", site.first_round)
         return "distill"
 
@@ -68,8 +70,11 @@ class DistillState(KDState):
         site, index = self.site, self.load("round")
         rounds = site.config.max_iter
         done = site.config.teacher_rounds + index - site.first_round
-        self.progress(f"round {index + 1}/{rounds} distilling", done)
+        self.progress(f"round {index + 1}/{rounds} distilling", done, round=index + 1)
         site.apply_global(self.exchange(site.train_round(index), memo=f"r{index + 1}"), index)
+        BOARD.publish(rounds=site.rounds)
+        if self.is_coordinator:
+            self.publish_federation(self.load("summaries"))
         self.store("round", index + 1)
         return "distill" if index + 1 < rounds else "write_results"
 
@@ -86,9 +91,10 @@ class WriteResultsState(KDState):
         self.report("writing results", 1 - RESULTS_SHARE)
         if self.is_coordinator:
             self.send_data_to_coordinator(site.summary(), memo="done")
-            write_outputs(site, federation=self.gather_data(memo="done"))
+            metrics = write_outputs(site, federation=self.gather_data(memo="done"))
         else:
-            write_outputs(site)
+            metrics = write_outputs(site)
             self.send_data_to_coordinator(site.summary(), memo="done")
         self.report("done", 1.0)
+        BOARD.finish(metrics, site.output_dir, REPORT)
         return "terminal"

@@ -1,9 +1,11 @@
 """`simulate`: run a whole federation on this machine, like `featurecloud test start`.
 
     python main.py simulate --client-dirs A,B[,C] --generic-dir G --output-dir OUT
-                            [--query-interval S] [--dp-seed N] [--timeout S] [--image NAME:TAG]
+                            [--query-interval S] [--dp-seed N] [--timeout S] [--image NAME:TAG] [--keep-pages]
 
 With --image every client runs in a container of that (local) image instead of a process.
+Each site's live page is printed when it starts; --keep-pages keeps them up after a successful
+run until Ctrl-C, so the final reports can be browsed.
 
 Exit code 0 on success, 1 when the run fails (`site <id>: <message>` on stderr),
 2 when the command itself is wrong.
@@ -11,7 +13,9 @@ Exit code 0 on success, 1 when the run fails (`site <id>: <message>` on stderr),
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +44,8 @@ def main(argv: list[str], *, entry: Path = APP_ENTRY, summary: Summary | None = 
         launcher = DockerLauncher(args.image, start_timeout=timeouts.start) if args.image else None
         result = run_federation(client_dirs, args.generic_dir, args.output_dir, args.entry,
                                 query_interval=args.query_interval, dp_seed=args.dp_seed,
-                                timeouts=timeouts, launcher=launcher)
+                                timeouts=timeouts, launcher=launcher,
+                                hold=keep_pages if args.keep_pages else None)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -52,6 +57,25 @@ def main(argv: list[str], *, entry: Path = APP_ENTRY, summary: Summary | None = 
     if summary is not None:
         summary(result.outputs)
     return 0
+
+
+def keep_pages(pages: dict[str, str]) -> None:
+    """--keep-pages: the run is over, its clients (and their pages) stay up until Ctrl-C or SIGTERM."""
+    print("[testbed] the run is over; the sites' pages stay up until Ctrl-C:", flush=True)
+    for site, url in pages.items():
+        print(f"  {site}: {url}", flush=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("[testbed] stopping the clients", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _parser(entry: Path) -> argparse.ArgumentParser:
@@ -73,6 +97,9 @@ def _parser(entry: Path) -> argparse.ArgumentParser:
     parser.add_argument("--image", default=None, metavar="NAME:TAG",
                         help="run each client in a container of this local Docker image (never pulled) instead "
                              "of a process; containers are labelled fc-knowledge-distillation.testbed")
+    parser.add_argument("--keep-pages", action="store_true",
+                        help="after a successful run keep every site (and its live page) up until Ctrl-C, "
+                             "to browse the final reports")
     return parser
 
 

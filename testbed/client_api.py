@@ -99,13 +99,28 @@ class ClientApi:
 
 
 def web_state(web_url: str | None, timeout: float) -> str | None:
-    """The engine's current state name from its web UI (`State: <name>`), None if unavailable."""
+    """The engine's current state name, None if unavailable: the `state` of the site's
+    `status.json` where its page publishes one (this app's does), else the engine's default
+    page (`State: <name>`)."""
     if web_url is None:
         return None
-    try:
-        with _OPENER.open(web_url.rstrip("/") + "/", timeout=timeout) as answer:
-            text = answer.read().decode(errors="replace")
-    except (urllib.error.URLError, http.client.HTTPException, OSError):
-        return None
+    base = web_url.rstrip("/")
+    published = _get(base + "/status.json", timeout)
+    if published is not None:
+        try:
+            state = json.loads(published).get("state")
+        except (ValueError, AttributeError):
+            state = None
+        if isinstance(state, str):
+            return state
+    text = _get(base + "/", timeout) or ""
     prefix = "State: "
     return text[len(prefix):].strip() if text.startswith(prefix) else None
+
+
+def _get(url: str, timeout: float) -> str | None:
+    try:
+        with _OPENER.open(url, timeout=timeout) as answer:
+            return answer.read().decode(errors="replace")
+    except (urllib.error.URLError, http.client.HTTPException, OSError):
+        return None

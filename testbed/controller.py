@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from testbed.client_api import BadAnswer, ClientApi, RequestFailed, Status, Unreachable, web_state
-from testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher, stop_all
+from testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher, page_url, stop_all
 from testbed.logs import error_from_log, tail
 from testbed.routing import Delivery, Post, Router, RoutingError
 from testbed.sites import ClientFolders, UsageError, check_arguments, prepare_sites
@@ -79,6 +79,9 @@ class SiteFailure(Exception):
         self.site = site
 
 
+Hold = Callable[[dict[str, str]], None]   # gets {client id: page URL}
+
+
 class Interrupted(BaseException):
     """SIGTERM arrived during the run (Ctrl-C arrives as KeyboardInterrupt)."""
 
@@ -86,11 +89,13 @@ class Interrupted(BaseException):
 def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_root: Path, entry: Path | None = None,
                    *, query_interval: float = 0.1, dp_seed: int = 0, env: dict[str, str] | None = None,
                    timeouts: Timeouts | None = None, launcher: Launcher | None = None,
-                   out: TextIO | None = None) -> FederationResult:
+                   out: TextIO | None = None, hold: Hold | None = None) -> FederationResult:
     """Run the app (`entry`, or whatever `launcher` starts) as one client per client dir and return how it
     ended. Outputs go to `<output_root>/<client id>/` on success and to `<output_root>/<client id>.failed/`
     on failure; logs to `<output_root>/<client id>.log` (success) or `<client id>.failed.log` (failure, leaving
-    an earlier run's `<client id>.log` alone). Raises UsageError for unusable arguments."""
+    an earlier run's `<client id>.log` alone). After a successful run, `hold` (if given) is called with every
+    client's page URL while the clients still run; they are stopped when it returns. Raises UsageError for
+    unusable arguments."""
     started = time.monotonic()
     if query_interval <= 0:
         raise UsageError(f"query interval must be positive, got {query_interval}. Fix --query-interval.")
@@ -111,7 +116,7 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
         _set_aside_earlier_logs(sites, work_dir)
         ok = False
         try:
-            failure = federation.run(client_env(len(sites), env), started)
+            failure = federation.run(client_env(len(sites), env), started, hold)
             ok = failure is None
         finally:
             logs = _keep_logs(sites, work_dir, ok)
@@ -183,8 +188,19 @@ class _Federation:
         self.started = 0.0
         self.id_width = max(len(site.id) for site in sites)
 
-    def run(self, env: dict[str, str], started: float) -> SiteFailure | None:
+    def run(self, env: dict[str, str], started: float, hold: Hold | None = None) -> SiteFailure | None:
         self.started = started
+        try:
+            failure = self._run(env)
+            if failure is None and hold is not None:
+                hold({client.id: page_url(client.handle) for client in self.clients.values()})
+            return failure
+        finally:
+            # A second Ctrl-C must not leave clients behind.
+            with _signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
+                stop_all(self.handles, self.timeouts.stop_grace)
+
+    def _run(self, env: dict[str, str]) -> SiteFailure | None:
         try:
             with _signal_handlers({signal.SIGTERM: _raise_interrupted}):
                 self._start(env)
@@ -197,10 +213,6 @@ class _Federation:
             return SiteFailure(None, "interrupted (Ctrl-C)")
         except Interrupted:
             return SiteFailure(None, "interrupted (SIGTERM)")
-        finally:
-            # A second Ctrl-C must not leave clients behind.
-            with _signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
-                stop_all(self.handles, self.timeouts.stop_grace)
 
     def _start(self, env: dict[str, str]) -> None:
         roles = ", ".join(f"{s.id} (coordinator)" if s.coordinator else s.id for s in self.sites)
@@ -208,6 +220,8 @@ class _Federation:
         for site in self.sites:
             handle = self.launcher.start(ClientSpec(site.id, site.input_dir, site.output_dir, site.log_path, env))
             self.handles.append(handle)
+            if page_url(handle):
+                self._say(f"live page: {page_url(handle)}", site.id)
             self.clients[site.id] = _Client(site, handle, ClientApi(handle.api_url), 0.0)
         for client in self.clients.values():
             self._wait_until_answering(client)

@@ -39,7 +39,7 @@ class ClientHandle(Protocol):
 
     @property
     def web_url(self) -> str | None:
-        """Base URL of the engine's web UI (answers `State: <state name>`), None if not reachable."""
+        """Base URL of the client's web UI (its page is `<web_url>/`), None if not reachable."""
 
     def exit_code(self) -> int | None:
         """None while the client runs, else its exit code (negative: killed by that signal)."""
@@ -65,6 +65,11 @@ class Launcher(Protocol):
 
     def start(self, spec: ClientSpec) -> ClientHandle:
         ...
+
+
+def page_url(handle: ClientHandle) -> str | None:
+    """Where a browser finds the client's page, None if nowhere."""
+    return None if handle.web_url is None else handle.web_url.rstrip("/") + "/"
 
 
 def stop_all(handles: list[ClientHandle], grace: float) -> None:
