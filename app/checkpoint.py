@@ -3,8 +3,8 @@
 While a run is going, every round's global models are saved to
 ``<output>/unfinished/checkpoint.pt``: the folder of an earlier successful run
 is left alone until this run has succeeded too. The final outputs are written
-there as well; on success all of them move to ``<output>/`` and ``unfinished/``
-disappears; after a failure it stays, with ``error.txt``. A checkpoint holds tensors and numbers
+there as well (files and the tensorboard/ folder); on success all of them move to ``<output>/``
+and ``unfinished/`` disappears; after a failure it stays, with ``error.txt``. A checkpoint holds tensors and numbers
 only (loadable with ``weights_only=True``); naming it in ``init_student``
 resumes after its round with the same result as an uninterrupted run.
 """
@@ -24,6 +24,7 @@ from app.torch_files import load_tensors
 UNFINISHED = "unfinished"
 CHECKPOINT = "checkpoint.pt"
 ERROR = "error.txt"
+REPLACED = ".replaced"   # an earlier run's folders, removed with unfinished/
 FORMAT = "fc-knowledge-distillation checkpoint 1"
 
 
@@ -55,12 +56,19 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Pa
 
 
 def finish(output_dir: Path) -> None:
-    """Publish what ``unfinished/`` holds (the last checkpoint and the run's outputs) in
-    ``output_dir``, replacing an earlier run's files, and drop ``unfinished/``."""
+    """Publish what ``unfinished/`` holds (the last checkpoint and the run's outputs, files and
+    folders such as tensorboard/) in ``output_dir``, replacing an earlier run's, and drop ``unfinished/``
+    with what was replaced."""
     unfinished = output_dir / UNFINISHED
+    replaced = unfinished / REPLACED
     for staged in sorted(unfinished.iterdir()):
-        if staged.is_file() and staged.name != ERROR:
-            staged.replace(output_dir / staged.name)
+        if staged.name in (ERROR, REPLACED):
+            continue
+        target = output_dir / staged.name
+        if staged.is_dir() and (target.exists() or target.is_symlink()):
+            replaced.mkdir(exist_ok=True)
+            target.replace(replaced / staged.name)   # a folder cannot be renamed over another one
+        staged.replace(target)
     shutil.rmtree(unfinished, ignore_errors=True)
 
 

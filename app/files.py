@@ -29,6 +29,7 @@ ACCURACY_PLOT = "accuracy.png"
 LOSS_PLOT = "loss.png"
 CONFIG = "config.yml"
 LOG = "log.txt"
+TENSORBOARD = "tensorboard"   # a folder of event files
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:

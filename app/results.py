@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from app import checkpoint, exports, files, plots
+from app.event_logs import write_events
 from app.config import effective_document, read_document
 from app.profile import summarize
 from app.report import render_report
@@ -62,6 +63,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
     files.write_rounds_csv(site.rounds, out / files.ROUNDS_CSV)
     metrics["seconds"] = time.time() - site.started
     files.write_json(out / files.METRICS, metrics)
+    write_events(metrics, out / files.TENSORBOARD)
     files.write_text(out / files.REPORT, render_report(metrics))
     site.log(f"outputs written to {site.output_dir}")
     files.write_text(out / files.LOG, "\n".join(site.log_lines) + "\n")
