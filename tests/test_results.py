@@ -115,14 +115,27 @@ def test_a_run_failing_while_writing_changes_no_earlier_output(tmp_path, monkeyp
     site.prepare_teacher()
     site.apply_global(site.aggregate([site.train_round(0)], sites=1), 0)
     write_outputs(site, federation=[site.summary()])
-    earlier = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir() if path.is_file()}
+    earlier = published(tmp_path / "out")
     with torch.no_grad():
         next(site.student.parameters()).add_(1.0)   # the next run's student differs
 
     def broken_plot(*args, **kwargs):
         raise RuntimeError("plotting failed")
-    monkeypatch.setattr(plots, "plot_confusion", broken_plot)
-    with pytest.raises(RuntimeError, match="plotting failed"):
-        write_outputs(site, federation=[site.summary()])
-    assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir() if path.is_file()} == earlier
-    assert "student.pt" in earlier and "report.md" in earlier
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "plot_confusion", broken_plot)
+        with pytest.raises(RuntimeError, match="plotting failed"):
+            write_outputs(site, federation=[site.summary()])
+    assert published(tmp_path / "out") == earlier
+    assert {"student.pt", "report.md"} <= set(earlier)
+    assert [name for name in earlier if name.startswith("tensorboard/events.out.tfevents.")]
+
+    write_outputs(site, federation=[site.summary()])   # a run that succeeds replaces the earlier folder
+    events = [name for name in published(tmp_path / "out") if name.startswith("tensorboard/")]
+    assert len(events) == 1 and events[0] not in earlier
+    assert not (tmp_path / "out" / "unfinished").exists()
+
+
+def published(folder) -> dict[str, bytes]:
+    """Every file of an output folder but the staging area, by relative path."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*")
+            if path.is_file() and path.relative_to(folder).parts[0] != "unfinished"}

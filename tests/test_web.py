@@ -156,8 +156,8 @@ def metrics(run: Run, site: str) -> dict:
 def test_simulate_prints_each_sites_page_url_when_it_starts(run):
     lines = run.progress.splitlines()
     for site in ("site1", "site2"):
-        announced = next(i for i, line in enumerate(lines) if re.match(rf"\[{site}\s*\] live page: http://127\.0\.0\.1:"
-                                                                        r"\d+/web/$", line))
+        pattern = rf"\[{site}\s*\] live page: http://127\.0\.0\.1:\d+/web/$"
+        announced = next(i for i, line in enumerate(lines) if re.match(pattern, line))
         first_status = next(i for i, line in enumerate(lines) if line.startswith(f"[{site}]") and "%" in line)
         assert announced < first_status
 
