@@ -62,8 +62,8 @@ def test_the_board_serves_only_regular_report_images_directly_in_the_output(tmp_
     assert board.images == {"accuracy.png": b"\x89PNG accuracy"}
     assert re.findall(r'src="([^"]+)"', board.report_html.decode()) == ["files/accuracy.png"]
     status = board.snapshot()
-    assert status["phase"] == "done" and status["report"] is True and status["rounds"] == [{"round": 1,
-                                                                                         "accuracy": 0.5}]
+    assert status["phase"] == "done" and status["report"] is True
+    assert status["rounds"] == [{"round": 1, "accuracy": 0.5}]
 
 
 def test_the_board_publishes_json_ready_bytes_and_estimates_time_left(monkeypatch):
