@@ -123,7 +123,7 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
         outputs = _keep_outputs(sites, output_root, ok, logs, out)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    elapsed = time.monotonic() - started
+    elapsed = (federation.ended or time.monotonic()) - started
     if failure is None:
         message = f"federation of {len(sites)} clients finished in {elapsed:.1f} s"
         print(f"[testbed] {message}", file=out, flush=True)
@@ -186,12 +186,14 @@ class _Federation:
         self.handles: list[ClientHandle] = []
         self.traffic: dict[str, list[Delivery]] = {site.id: [] for site in sites}
         self.started = 0.0
+        self.ended: float | None = None   # when the run itself ended (a hold may follow)
         self.id_width = max(len(site.id) for site in sites)
 
     def run(self, env: dict[str, str], started: float, hold: Hold | None = None) -> SiteFailure | None:
         self.started = started
         try:
             failure = self._run(env)
+            self.ended = time.monotonic()
             if failure is None and hold is not None:
                 hold({client.id: page_url(client.handle) for client in self.clients.values()})
             return failure

@@ -269,3 +269,55 @@ def test_tensorboard_files_hold_the_scalars_of_metrics_json(run):
         assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
         assert b"temperature" in hparams["_hparams_/session_start_info"]
         assert not (run.result.outputs[site] / "unfinished").exists()
+
+
+@pytest.mark.docker
+def test_the_page_of_a_container_through_nginx_during_and_after_the_run(tmp_path):
+    """The same page in the app's image, reached the way the platform reaches it: nginx's port 9001."""
+    from testbed.cli import CONTAINER_START_TIMEOUT
+    from testbed.controller import Timeouts
+    from testbed.docker import DockerLauncher
+    from tests.test_docker import IMAGE, why_no_docker
+
+    reason = why_no_docker() or (None if CHROMIUM else "chromium not installed (apt-get install chromium)")
+    if reason:
+        pytest.skip(reason)
+    generic = generic_dir(tmp_path / "generic", max_iter=ROUNDS, batch_size=32, local_epochs=3)
+    clients = [cut_site("c1", tmp_path / "site1", 600, 200), cut_site("c2", tmp_path / "site2", 600, 200)]
+    progress, after = Progress(), {}
+
+    def hold(pages: dict[str, str]) -> None:
+        try:
+            coordinator = pages["site1"]
+            after.update(page=render(coordinator), status=json.loads(get(coordinator + "status.json")[1]),
+                         screenshot=screenshot(coordinator, tmp_path / "site1.png"),
+                         traversals={path: raw_get(coordinator, path) for path in TRAVERSALS[:12]})
+        except Exception as error:   # noqa: BLE001 — reported below, after the containers are gone
+            after["failure"] = error
+
+    federation = in_background(run_federation, clients, generic, tmp_path / "out", launcher=DockerLauncher(IMAGE),
+                               timeouts=Timeouts(start=CONTAINER_START_TIMEOUT, run=400), out=progress, hold=hold)
+    progress.wait_for(rf"\[site1\]\s+\d+%\s+round 2/{ROUNDS} distilling", federation)
+    pages = progress.pages()
+    assert all(re.fullmatch(r"http://127\.0\.0\.1:\d+/", url) for url in pages.values()), pages   # nginx, port 9001
+    during = render(pages["site1"])
+    result = federation.result(timeout=400)
+    assert result.ok, f"{result.message}\n{progress.getvalue()}"
+    assert "failure" not in after, after.get("failure")
+
+    final = json.loads((result.outputs["site1"] / "metrics.json").read_text())
+    assert re.fullmatch(rf"round [23]/{ROUNDS}", during.text("phase")), during.text("phase")
+    assert during.text("teacher-accuracy") == percent(final["teacher"]["accuracy"])
+    assert "<svg" in during.element("accuracy-chart")
+    page = after["page"]
+    assert page.text("phase") == "done"
+    assert page.text("student-accuracy") == percent(final["student"]["accuracy"])
+    assert page.text("federation-accuracy") == percent(final["federation"]["rounds"][-1]["accuracy"])
+    assert "<polyline" in page.element("accuracy-chart")
+    assert 'src="files/accuracy.png"' in page.element("report")
+    assert after["status"]["metrics"] == final
+    assert not is_blank(after["screenshot"])
+    for path, (status, body) in after["traversals"].items():
+        assert status in (400, 404), f"{path}: HTTP {status}"
+        assert b"root:" not in body and b'"rounds"' not in body, path
+    assert (result.outputs["site1"] / "tensorboard").is_dir()
