@@ -10,15 +10,17 @@ a number between 0 and 1``).
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import nn
 
-from app.config import parse_config
+from app.config import SECTION, TRAINING_KEYS, parse_config
 from app.data import as_data, check_compatible
+from app.errors import ConfigError
 from app.model_checks import agreed_classes
-from app.training import TrainSettings, compute_logits, evaluate, resolve_device, train_local
+from app.training import compute_logits, evaluate, resolve_device, train_local
 
 
 @dataclass
@@ -29,12 +31,12 @@ class History:
     epochs: list[dict] = field(default_factory=list)
 
 
-def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None, *,
-            temperature: float = 2.0, alpha: float = 0.5, loss: str = "kl", epochs: int = 5,
-            batch_size: int = 256, learning_rate: float = 1e-3, optimizer: str = "adam",
-            momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
-            log: Callable[[str], None] | None = None) -> History:
+def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None, *, epochs: int = 5,
+            log: Callable[[str], None] | None = None, **settings: Any) -> History:
     """Distill the frozen ``teacher`` into ``student`` on ``train`` for ``epochs`` epochs.
+
+    ``settings``: the training keys of config.yml (``app.config.TRAINING_KEYS``: temperature,
+    alpha, loss, batch_size, learning_rate, optimizer, ...), with config.yml's defaults.
 
     ``train``/``test``: a path (.pt/.pth/.npz/image folder), an ``(images, labels)`` pair of
     tensors or arrays, a torch Dataset, or ``app.data.TensorData``. With ``test`` given, each
@@ -42,10 +44,8 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     both models, so a model whose outputs do not fit the labels (or each other) is reported before
     training. The teacher's logits are computed once and reused every epoch.
     """
-    config = parse_config({"temperature": temperature, "alpha": alpha, "loss": loss, "local_epochs": 1,
-                           "batch_size": batch_size, "learning_rate": learning_rate, "optimizer": optimizer,
-                           "momentum": momentum, "weight_decay": weight_decay, "seed": seed,
-                           "device": device}, source="distill()", require_teacher=False)
+    _check_keys(settings)
+    config = parse_config({SECTION: settings}, source="distill()", require_teacher=False)
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     train_data = as_data(train, "train")
@@ -60,9 +60,8 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     logits = compute_logits(teacher, train_data, run_on)
     history = History(teacher_accuracy=evaluate(teacher, test_data, classes, run_on).accuracy
                       if test_data is not None else None)
-    settings = TrainSettings.from_config(config)
     for epoch in range(epochs):
-        record = {"epoch": epoch + 1, **train_local(student, train_data, settings, teacher_logits=logits,
+        record = {"epoch": epoch + 1, **train_local(student, train_data, config, epochs=1, teacher_logits=logits,
                                                     round_index=epoch, device=run_on)}
         if test_data is not None:
             result = evaluate(student, test_data, classes, run_on)
@@ -72,3 +71,15 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
             log(f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f}"
                 + (f", test accuracy {record['accuracy']:.4f}" if test_data is not None else ""))
     return history
+
+
+def _check_keys(settings: dict) -> None:
+    """Only training keys: a federation key (max_iter, ...) or a typo would otherwise be ignored."""
+    problems = []
+    for key in sorted(set(settings) - set(TRAINING_KEYS)):
+        close = difflib.get_close_matches(key, TRAINING_KEYS, n=1, cutoff=0.6)
+        problems.append(f"{key}: unknown key — did you mean '{close[0]}'?" if close else
+                        f"{key}: not a setting of distill()")
+    if problems:
+        raise ConfigError(f"distill(): {'; '.join(problems)}. distill() takes epochs, log and the training keys "
+                          f"of config.yml: {', '.join(TRAINING_KEYS)}")

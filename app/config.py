@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       model_validator)
 
 from app.errors import ConfigError
+from app.losses import DistillKind
 
 SECTION = "fc_knowledge_distillation"
 
@@ -39,6 +40,11 @@ def _whole_number(value: Any) -> Any:
 
 def _field(default: Any, allowed: str, **constraints: Any) -> Any:
     return Field(default, json_schema_extra={"allowed": allowed}, **constraints)
+
+
+def _training(default: Any, allowed: str, **constraints: Any) -> Any:
+    """A key of local training itself: ``distill()`` takes it as a keyword too (``TRAINING_KEYS``)."""
+    return Field(default, json_schema_extra={"allowed": allowed, "training": True}, **constraints)
 
 
 def _image_shape(value: Any) -> Any:
@@ -96,15 +102,15 @@ class KDConfig(BaseModel):
 
     max_iter: WholeNumber = _field(10, "a whole number of communication rounds ≥ 1", ge=1)
     local_epochs: WholeNumber = _field(1, "a whole number of local epochs per round ≥ 1", ge=1)
-    batch_size: WholeNumber = _field(256, "a whole number ≥ 1", ge=1)
-    learning_rate: Number = _field(0.001, "a number > 0 and ≤ 10", gt=0, le=10)
-    optimizer: Literal["adam", "sgd"] = _field("adam", "one of: adam, sgd")
-    momentum: Number = _field(0.9, "a number between 0 and 1 (used by sgd)", ge=0, lt=1)
-    weight_decay: Number = _field(0.0, "a number ≥ 0", ge=0)
+    batch_size: WholeNumber = _training(256, "a whole number ≥ 1", ge=1)
+    learning_rate: Number = _training(0.001, "a number > 0 and ≤ 10", gt=0, le=10)
+    optimizer: Literal["adam", "sgd"] = _training("adam", "one of: adam, sgd")
+    momentum: Number = _training(0.9, "a number between 0 and 1 (used by sgd)", ge=0, lt=1)
+    weight_decay: Number = _training(0.0, "a number ≥ 0", ge=0)
 
-    temperature: Number = _field(2.0, "a number > 0 and ≤ 100", gt=0, le=100)
-    alpha: Number = _field(0.5, "a number between 0 and 1", ge=0, le=1)
-    loss: Literal["kl", "mse", "soft_ce"] = _field("kl", "one of: kl, mse, soft_ce")
+    temperature: Number = _training(2.0, "a number > 0 and ≤ 100", gt=0, le=100)
+    alpha: Number = _training(0.5, "a number between 0 and 1", ge=0, le=1)
+    loss: DistillKind = _training("kl", "one of: " + ", ".join(get_args(DistillKind)))
 
     aggregation: Literal["fedavg", "fedprox"] = _field("fedavg", "one of: fedavg, fedprox")
     mu: Number = _field(0.01, "a number ≥ 0 (FedProx's proximal weight)", ge=0)
@@ -116,14 +122,20 @@ class KDConfig(BaseModel):
     baseline: bool = _field(False, "true or false", strict=True)
     init_student: str | None = _field(None, "the name of a student.pt or checkpoint.pt of an earlier run, or empty")
 
-    seed: WholeNumber = _field(0, "a whole number ≥ 0", ge=0)
-    device: Literal["auto", "cpu", "cuda"] = _field("auto", "one of: auto, cpu, cuda")
+    seed: WholeNumber = _training(0, "a whole number ≥ 0", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = _training("auto", "one of: auto, cpu, cuda")
+
+    @property
+    def proximal_mu(self) -> float:
+        """FedProx's weight in federated local training: ``mu`` under ``aggregation: fedprox``, else 0."""
+        return self.mu if self.aggregation == "fedprox" else 0.0
 
     @model_validator(mode="after")
     def _has_a_teacher(self, info: ValidationInfo) -> "KDConfig":
-        # The Python API passes the teacher as a module, so only site configs need a source.
+        # Only a site's config.yml (parse_config) needs a teacher source: the Python API passes
+        # the teacher as a module, and code building a KDConfig for training alone has none.
         has_source = self.teacher_weights or self.teacher_rounds or self.teacher_epochs
-        if (info.context or {}).get("require_teacher", True) and not has_source:
+        if (info.context or {}).get("require_teacher", False) and not has_source:
             raise ValueError("teacher_weights: not set, and teacher_rounds and teacher_epochs are 0 — the "
                              "teacher needs trained weights: name a weights file in teacher_weights, or train "
                              "it with teacher_rounds (federated) and/or teacher_epochs (at each site)")
@@ -131,6 +143,7 @@ class KDConfig(BaseModel):
 
 
 FIELDS = tuple(KDConfig.model_fields)
+TRAINING_KEYS = tuple(key for key, field in KDConfig.model_fields.items() if field.json_schema_extra.get("training"))
 
 
 def load_config(path: str | Path) -> KDConfig:

@@ -37,7 +37,7 @@ from app.errors import ConfigError, FederationError
 from app.model_checks import agreed_classes
 from app.model_files import build_model
 from app.weights import load_weights, state_signature
-from app.training import Evaluation, TrainSettings, compute_logits, evaluate, resolve_device, train_local
+from app.training import Evaluation, compute_logits, evaluate, resolve_device, train_local
 from app.transport import Models, Wire
 
 CONFIG_FILE = "config.yml"
@@ -232,8 +232,8 @@ class Site:
         teacher = {"teacher": self.teacher}
         if round_index == 0:
             self.previous = self._shared(teacher)
-        train_local(self.teacher, self.train, TrainSettings.from_config(self.config), round_index=round_index,
-                    device=self.device, role="teacher")
+        train_local(self.teacher, self.train, self.config, epochs=self.config.local_epochs,
+                    proximal_mu=self.config.proximal_mu, round_index=round_index, device=self.device, role="teacher")
         return self.wire.encode(self.name, self._shared(teacher), len(self.train), self.previous)
 
     def apply_teacher(self, global_models: Models, round_index: int) -> None:
@@ -246,9 +246,8 @@ class Site:
     def prepare_teacher(self) -> Evaluation:
         """Train the teacher locally if asked, evaluate it, freeze it and cache its training-set logits."""
         if self.config.teacher_epochs:
-            settings = TrainSettings.from_config(self.config, epochs=self.config.teacher_epochs, federated=False)
-            stats = train_local(self.teacher, self.train, settings, round_index=self.config.teacher_rounds,
-                                device=self.device, role="teacher")
+            stats = train_local(self.teacher, self.train, self.config, epochs=self.config.teacher_epochs,
+                                round_index=self.config.teacher_rounds, device=self.device, role="teacher")
             self.log(f"teacher trained locally for {self.config.teacher_epochs} epochs "
                      f"(train loss {stats['train_loss']:.4f}, {stats['seconds']:.1f}s)")
         self.teacher.eval().requires_grad_(False)
@@ -263,14 +262,14 @@ class Site:
     # ------------------------------------------------------------------ rounds
     def train_round(self, round_index: int) -> object:
         """Local training from the current global models; the payload to send."""
-        settings = TrainSettings.from_config(self.config)
-        self.last_stats = {"student": train_local(self.student, self.train, settings,
-                                                  teacher_logits=self.teacher_logits,
-                                                  round_index=round_index, device=self.device)}
+        config = self.config
+        local = {"epochs": config.local_epochs, "proximal_mu": config.proximal_mu, "round_index": round_index,
+                 "device": self.device}
+        self.last_stats = {"student": train_local(self.student, self.train, config,
+                                                  teacher_logits=self.teacher_logits, **local)}
         if "baseline" in self.models:
-            self.last_stats["baseline"] = train_local(self.models["baseline"], self.train, settings,
-                                                      round_index=round_index, device=self.device,
-                                                      role="baseline student")
+            self.last_stats["baseline"] = train_local(self.models["baseline"], self.train, config,
+                                                      role="baseline student", **local)
         return self.wire.encode(self.name, self._shared(self.models), len(self.train), self.previous,
                                 summary=self.summary())
 

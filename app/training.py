@@ -20,40 +20,13 @@ from torch import nn
 from app.config import KDConfig
 from app.data import Data
 from app.errors import ConfigError, TrainingError
-from app.losses import DistillKind, kd_loss
+from app.losses import kd_loss
 
 # Inference batch for caching logits and evaluating. Larger is not faster on the CPU: once a
 # layer's output passes glibc's mmap threshold (32 MiB at most), every batch maps and zeroes
 # fresh memory from the kernel (measured: 10k MNIST images through the 0.9M-parameter teacher,
 # 1 thread: 3.6 s at 1024, 2.4 s at 256, 1.7 s at 128).
 EVAL_BATCH = 128
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """What one call of ``train_local`` does; built from the config by ``from_config``."""
-
-    epochs: int = 1
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    seed: int = 0
-    temperature: float = 2.0
-    alpha: float = 0.5
-    loss: DistillKind = "kl"
-    proximal_mu: float = 0.0   # FedProx: (mu/2)·‖w − w_start‖² added to the loss when > 0
-
-    @classmethod
-    def from_config(cls, config: KDConfig, epochs: int | None = None, federated: bool = True) -> "TrainSettings":
-        """Settings of one local training call; ``federated`` ones get FedProx's term if configured."""
-        mu = config.mu if federated and config.aggregation == "fedprox" else 0.0
-        return cls(epochs=config.local_epochs if epochs is None else epochs,
-                   batch_size=config.batch_size, learning_rate=config.learning_rate,
-                   optimizer=config.optimizer, momentum=config.momentum,
-                   weight_decay=config.weight_decay, seed=config.seed,
-                   temperature=config.temperature, alpha=config.alpha, loss=config.loss, proximal_mu=mu)
 
 
 @dataclass(frozen=True)
@@ -78,12 +51,12 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: KDConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.learning_rate, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay)
-    return torch.optim.Adam(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def epoch_generator(seed: int, round_index: int, epoch: int) -> torch.Generator:
@@ -100,44 +73,45 @@ def compute_logits(model: nn.Module, data: Data, device: torch.device | str = "c
     return torch.cat(chunks)
 
 
-def train_local(model: nn.Module, data: Data, settings: TrainSettings, *,
+def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, proximal_mu: float = 0.0,
                 teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
                 round_index: int = 0, device: torch.device | str = "cpu",
                 role: str = "student") -> dict:
-    """Train ``model`` in place for ``settings.epochs`` epochs and return round statistics.
+    """Train ``model`` in place for ``epochs`` epochs with ``config``'s training keys; return round statistics.
 
     With ``teacher_logits`` (cached, [N, K]) or ``teacher`` (run on each batch) the
     loss is the KD blend; with neither it is plain cross-entropy on the labels.
+    ``proximal_mu`` > 0 adds FedProx's (mu/2)·‖w − w_start‖² to the loss.
     ``role`` names the model in error messages ("student", "teacher", "baseline").
     """
     distilling = teacher_logits is not None or teacher is not None
     if teacher is not None:
         teacher.eval()   # frozen: dropout off, BatchNorm statistics fixed; run under inference_mode
-    torch.manual_seed(settings.seed * 7_919 + round_index)   # dropout & co., reproducible per round
-    optimizer = make_optimizer(model, settings)
+    torch.manual_seed(config.seed * 7_919 + round_index)   # dropout & co., reproducible per round
+    optimizer = make_optimizer(model, config)
     # FedProx's anchor: the weights training starts from, i.e. this round's global model.
     anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad] \
-        if settings.proximal_mu > 0 else []
+        if proximal_mu > 0 else []
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
     seen = 0
     started = time.perf_counter()
-    for epoch in range(settings.epochs):
-        generator = epoch_generator(settings.seed, round_index, epoch)
+    for epoch in range(epochs):
+        generator = epoch_generator(config.seed, round_index, epoch)
         for batch, (indices, images, labels) in enumerate(
-                data.batches(settings.batch_size, shuffle=True, generator=generator)):
+                data.batches(config.batch_size, shuffle=True, generator=generator)):
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
             if distilling:
                 targets = _teacher_targets(teacher_logits, teacher, indices, images, device)
-                loss = kd_loss(logits, targets, labels, settings.temperature, settings.alpha, settings.loss)
+                loss = kd_loss(logits, targets, labels, config.temperature, config.alpha, config.loss)
             else:
                 loss = F.cross_entropy(logits, labels)
             if anchor:
-                loss = loss + settings.proximal_mu / 2 * sum(((p - start) ** 2).sum() for p, start in anchor)
+                loss = loss + proximal_mu / 2 * sum(((p - start) ** 2).sum() for p, start in anchor)
             if not torch.isfinite(loss):
-                raise TrainingError(_divergence_message(role, loss.item(), settings, round_index, epoch, batch))
+                raise TrainingError(_divergence_message(role, loss.item(), config, round_index, epoch, batch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -146,7 +120,7 @@ def train_local(model: nn.Module, data: Data, settings: TrainSettings, *,
             seen += len(labels)
     return {"train_loss": loss_sum.item() / max(seen, 1),
             "train_accuracy": correct.item() / max(seen, 1),
-            "samples": len(data), "epochs": settings.epochs,
+            "samples": len(data), "epochs": epochs,
             "seconds": time.perf_counter() - started}
 
 
@@ -158,11 +132,11 @@ def _teacher_targets(cached: torch.Tensor | None, teacher: nn.Module | None, ind
         return teacher(images).float()
 
 
-def _divergence_message(role: str, value: float, settings: TrainSettings, round_index: int,
+def _divergence_message(role: str, value: float, config: KDConfig, round_index: int,
                         epoch: int, batch: int) -> str:
-    suggestion = settings.learning_rate / 10
+    suggestion = config.learning_rate / 10
     return (f"training the {role} diverged: the loss became {value} in round {round_index + 1}, "
-            f"epoch {epoch + 1}, batch {batch + 1} with learning_rate {settings.learning_rate:g}. "
+            f"epoch {epoch + 1}, batch {batch + 1} with learning_rate {config.learning_rate:g}. "
             f"Lower learning_rate in config.yml (e.g. to {suggestion:g}) and check the images hold "
             f"no NaN or extreme values.")
 

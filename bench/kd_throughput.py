@@ -28,11 +28,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from app.config import KDConfig
 from app.data import TensorData
 from app.losses import kd_loss
 from app.model_files import build_model
 from app.profile import parameter_count
-from app.training import TrainSettings, compute_logits, train_local
+from app.training import compute_logits, train_local
 from scripts.devdata.args import positive_int
 from scripts.devdata.idx import DEFAULT_MNIST, idx_file, read_idx
 
@@ -90,13 +91,14 @@ def load_mnist(mnist_dir: Path, sample_dir: Path, samples: int) -> tuple[TensorD
 
 # --------------------------------------------------------------------------- the three loops
 
-def cached_kd_epoch(student: nn.Module, data: TensorData, settings: TrainSettings,
+def cached_kd_epoch(student: nn.Module, data: TensorData, settings: KDConfig,
                     teacher_logits: torch.Tensor) -> Epoch:
     """(a) our distillation epoch: batches sliced from tensors, teacher logits from the cache."""
-    return lambda epoch: train_local(student, data, settings, teacher_logits=teacher_logits, round_index=epoch)
+    return lambda epoch: train_local(student, data, settings, epochs=1, teacher_logits=teacher_logits,
+                                     round_index=epoch)
 
 
-def seed_loop_epoch(student: nn.Module, teacher: nn.Module, data: TensorData, settings: TrainSettings) -> Epoch:
+def seed_loop_epoch(student: nn.Module, teacher: nn.Module, data: TensorData, settings: KDConfig) -> Epoch:
     """(b) the original apps' loop, written plainly: DataLoader, teacher on every batch."""
     loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=settings.batch_size, shuffle=True)
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.learning_rate)
@@ -118,9 +120,9 @@ def seed_loop_epoch(student: nn.Module, teacher: nn.Module, data: TensorData, se
     return run
 
 
-def plain_epoch(student: nn.Module, data: TensorData, settings: TrainSettings) -> Epoch:
+def plain_epoch(student: nn.Module, data: TensorData, settings: KDConfig) -> Epoch:
     """(c) the student alone on hard labels, with our batching."""
-    return lambda epoch: train_local(student, data, settings, round_index=epoch)
+    return lambda epoch: train_local(student, data, settings, epochs=1, round_index=epoch)
 
 
 def time_interleaved(epochs: dict[str, Epoch], warmup: int, timed: int) -> dict[str, list[float]]:
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     data, source = load_mnist(args.mnist_dir, args.sample_dir, args.samples)
-    settings = TrainSettings(epochs=1, batch_size=args.batch_size)
+    settings = KDConfig(batch_size=args.batch_size)
     torch.manual_seed(args.seed)
     teacher = build_model(TEACHER_FILE, {}, "teacher_model")
     student = build_model(STUDENT_FILE, {}, "student_model")

@@ -31,7 +31,7 @@ import yaml
 
 from app.aggregation import flatten, to_arrays
 from app.api import distill
-from app.config import SECTION
+from app.config import SECTION, TRAINING_KEYS
 from app.data import TensorData
 from app.model_files import build_model
 from app.weights import load_weights
@@ -194,9 +194,7 @@ def run_centralized(label: list[str], parts: list[tuple[Arrays, Arrays]], settin
     site = load_sites([folder], workdir / "out")[0]
     config = site.config
     distill(site.teacher, site.student, site.train, epochs=config.max_iter * config.local_epochs,
-            temperature=config.temperature, alpha=config.alpha, loss=config.loss, batch_size=config.batch_size,
-            learning_rate=config.learning_rate, optimizer=config.optimizer, momentum=config.momentum,
-            weight_decay=config.weight_decay, seed=config.seed, device=config.device)
+            **config.model_dump(include=set(TRAINING_KEYS)))
     own = [evaluate(site.student, as_data(test, "site test"), site.num_classes).accuracy for _, test in parts]
     return Outcome(label, evaluate(site.student, common, site.num_classes).accuracy, own,
                    time.perf_counter() - started, None)

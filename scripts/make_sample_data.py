@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.config import KDConfig
 from app.data import TensorData
 from app.model_files import build_model
 from app.profile import parameter_count
-from app.training import TrainSettings, evaluate, train_local
+from app.training import evaluate, train_local
 from scripts.devdata.idx import DEFAULT_MNIST, MNIST_FILES, idx_file, read_idx
 from scripts.devdata.partition import site_indices
 
@@ -130,10 +131,10 @@ def train_teacher(args: argparse.Namespace, images: np.ndarray, labels: np.ndarr
     teacher = build_model(TEACHER_FILE, {}, "teacher_model")
     train = TensorData(torch.from_numpy(images), torch.from_numpy(labels), name="teacher training set")
     test = TensorData(torch.from_numpy(test_images), torch.from_numpy(test_labels), name="MNIST test set")
-    settings = TrainSettings(epochs=1, batch_size=128, learning_rate=1e-3, seed=args.seed)
+    settings = KDConfig(batch_size=128, learning_rate=1e-3, seed=args.seed)
     started = time.perf_counter()
     for epoch in range(args.teacher_epochs):
-        stats = train_local(teacher, train, settings, round_index=epoch, role="teacher")
+        stats = train_local(teacher, train, settings, epochs=1, round_index=epoch, role="teacher")
         accuracy = evaluate(teacher, test, 10).accuracy
         print(f"teacher epoch {epoch + 1}/{args.teacher_epochs}: train loss {stats['train_loss']:.4f}, "
               f"MNIST test accuracy {accuracy:.4f} ({time.perf_counter() - started:.0f}s)")

@@ -43,6 +43,32 @@ def test_bad_hyper_parameter_gets_the_config_message():
         distill(teacher, student, SAMPLE / "c1" / "test.npz", alpha=1.5)
 
 
+def test_federation_keys_and_typos_are_refused_not_ignored():
+    teacher, student = sample_models()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(ConfigError) as caught:
+        distill(teacher, student, SAMPLE / "c1" / "test.npz", max_iter=3, temprature=4.0)
+    message = str(caught.value)
+    assert "temprature: unknown key — did you mean 'temperature'?" in message
+    assert "max_iter: not a setting of distill()" in message and "learning_rate" in message
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_settings_not_given_take_the_config_defaults():
+    """distill() without settings trains as with config.yml's defaults written out, and a setting counts."""
+    images, labels = torch.rand(64, 1, 4, 4), torch.randint(0, 3, (64,))
+
+    def distilled(**settings):
+        torch.manual_seed(0)
+        teacher, student = (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)) for _ in range(2))
+        distill(teacher, student, (images, labels), epochs=2, **settings)
+        return student[1].weight
+
+    default = distilled()
+    assert torch.equal(default, distilled(batch_size=256, learning_rate=0.001, temperature=2.0, alpha=0.5))
+    assert not torch.equal(default, distilled(learning_rate=0.01))
+
+
 def test_accuracy_counts_over_the_models_outputs_not_the_labels_seen():
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))

@@ -6,7 +6,8 @@ from torch import nn
 
 from app.data import TensorData
 from app.errors import ConfigError, TrainingError
-from app.training import TrainSettings, compute_logits, evaluate, resolve_device, train_local
+from app.config import KDConfig
+from app.training import compute_logits, evaluate, resolve_device, train_local
 
 
 def blobs(n=600, seed=0, classes=3):
@@ -30,7 +31,7 @@ def weights(model):
 def test_plain_training_learns_separable_data():
     data, model = blobs(), net()
     before = evaluate(model, data, 3).accuracy
-    stats = train_local(model, data, TrainSettings(epochs=5, batch_size=32, learning_rate=0.01))
+    stats = train_local(model, data, KDConfig(batch_size=32, learning_rate=0.01), epochs=5)
     after = evaluate(model, data, 3)
     assert after.accuracy > 0.95 > before
     assert stats["samples"] == 600 and stats["epochs"] == 5 and np.isfinite(stats["train_loss"])
@@ -38,18 +39,17 @@ def test_plain_training_learns_separable_data():
 
 def test_sgd_with_momentum_and_weight_decay_also_learns():
     data, model = blobs(), net()
-    settings = TrainSettings(epochs=5, batch_size=32, learning_rate=0.05, optimizer="sgd",
-                             momentum=0.9, weight_decay=1e-4)
-    train_local(model, data, settings)
+    config = KDConfig(batch_size=32, learning_rate=0.05, optimizer="sgd", momentum=0.9, weight_decay=1e-4)
+    train_local(model, data, config, epochs=5)
     assert evaluate(model, data, 3).accuracy > 0.95
 
 
 def test_seeded_training_is_reproducible_and_the_seed_matters():
-    data, settings = blobs(), TrainSettings(epochs=2, batch_size=16, learning_rate=0.01, seed=3)
+    data = blobs()
     runs = []
     for seed in (3, 3, 4):
         model = net(dropout=0.3)
-        train_local(model, data, TrainSettings(**{**settings.__dict__, "seed": seed}), round_index=2)
+        train_local(model, data, KDConfig(batch_size=16, learning_rate=0.01, seed=seed), epochs=2, round_index=2)
         runs.append(weights(model))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
@@ -59,14 +59,14 @@ def test_seeded_training_is_reproducible_and_the_seed_matters():
 def test_cached_teacher_logits_give_the_same_student_as_the_online_teacher(loss):
     data = blobs()
     teacher = net(seed=1, dropout=0.5)   # dropout: the teacher must be in eval mode to be cacheable
-    train_local(teacher, data, TrainSettings(epochs=3, batch_size=32, learning_rate=0.01))
+    train_local(teacher, data, KDConfig(batch_size=32, learning_rate=0.01), epochs=3)
     teacher_before = weights(teacher)
     teacher.zero_grad(set_to_none=True)
-    settings = TrainSettings(epochs=2, batch_size=32, learning_rate=0.01, alpha=0.7, temperature=3.0, loss=loss)
+    config = KDConfig(batch_size=32, learning_rate=0.01, alpha=0.7, temperature=3.0, loss=loss)
     cached, online = net(seed=2), net(seed=2)
-    train_local(cached, data, settings, teacher_logits=compute_logits(teacher, data))
+    train_local(cached, data, config, epochs=2, teacher_logits=compute_logits(teacher, data))
     teacher.train()   # train_local must put it back in eval mode
-    train_local(online, data, settings, teacher=teacher)
+    train_local(online, data, config, epochs=2, teacher=teacher)
     for name, tensor in weights(cached).items():
         torch.testing.assert_close(tensor, online.state_dict()[name], rtol=1e-5, atol=1e-6)
     assert not teacher.training
@@ -77,12 +77,12 @@ def test_cached_teacher_logits_give_the_same_student_as_the_online_teacher(loss)
 def test_distillation_pulls_the_student_towards_the_teacher():
     data = blobs()
     teacher = net(seed=1)
-    train_local(teacher, data, TrainSettings(epochs=3, batch_size=32, learning_rate=0.01))
+    train_local(teacher, data, KDConfig(batch_size=32, learning_rate=0.01), epochs=3)
     logits = compute_logits(teacher, data)
     student = net(seed=5)
     gap_before = (compute_logits(student, data) - logits).abs().mean()
-    train_local(student, data, TrainSettings(epochs=4, batch_size=32, learning_rate=0.01, alpha=1.0,
-                                             loss="mse"), teacher_logits=logits)
+    train_local(student, data, KDConfig(batch_size=32, learning_rate=0.01, alpha=1.0, loss="mse"), epochs=4,
+                teacher_logits=logits)
     assert (compute_logits(student, data) - logits).abs().mean() < gap_before / 3
 
 
@@ -97,7 +97,9 @@ def test_compute_logits_is_in_dataset_order_and_independent_of_batch_size():
 def test_diverging_loss_stops_with_a_learning_rate_hint():
     data = blobs()
     with pytest.raises(TrainingError) as caught:
-        train_local(net(), data, TrainSettings(epochs=3, batch_size=32, learning_rate=1e12, optimizer="sgd"))
+        # beyond config.yml's limit (10), so that training surely diverges
+        too_fast = KDConfig(batch_size=32, optimizer="sgd").model_copy(update={"learning_rate": 1e12})
+        train_local(net(), data, too_fast, epochs=3)
     message = str(caught.value)
     assert "training the student diverged" in message
     assert "learning_rate 1e+12" in message and "Lower learning_rate in config.yml (e.g. to 1e+11)" in message
@@ -139,8 +141,8 @@ def test_explicit_cuda_without_gpu_is_a_config_error():
 def test_fedprox_with_mu_zero_is_plain_training():
     data = blobs()
     plain, prox = net(), net()
-    train_local(plain, data, TrainSettings(epochs=2, batch_size=32, learning_rate=0.01))
-    train_local(prox, data, TrainSettings(epochs=2, batch_size=32, learning_rate=0.01, proximal_mu=0.0))
+    train_local(plain, data, KDConfig(batch_size=32, learning_rate=0.01), epochs=2)
+    train_local(prox, data, KDConfig(batch_size=32, learning_rate=0.01), epochs=2, proximal_mu=0.0)
     assert all(torch.equal(plain.state_dict()[k], v) for k, v in prox.state_dict().items())
 
 
@@ -150,7 +152,7 @@ def test_fedprox_keeps_the_local_model_closer_to_where_it_started():
     distances = {}
     for mu in (0.0, 1.0):
         model = net()
-        train_local(model, data, TrainSettings(epochs=3, batch_size=32, learning_rate=0.01, proximal_mu=mu))
+        train_local(model, data, KDConfig(batch_size=32, learning_rate=0.01), epochs=3, proximal_mu=mu)
         distances[mu] = sum(((model.state_dict()[k] - v) ** 2).sum() for k, v in start.items()).sqrt()
     assert distances[1.0] < 0.8 * distances[0.0]
 
@@ -159,10 +161,9 @@ def test_proximal_term_adds_to_the_distillation_loss():
     """Two SGD steps of train_local equal a hand-written loop on alpha·KD + (1−alpha)·CE + mu/2·‖w − w0‖²."""
     data = blobs(n=64)
     teacher_logits = torch.randn(64, 3)
-    settings = TrainSettings(epochs=1, batch_size=32, learning_rate=0.1, optimizer="sgd", momentum=0.0,
-                             alpha=0.6, temperature=2.0, proximal_mu=0.5)
+    config = KDConfig(batch_size=32, learning_rate=0.1, optimizer="sgd", momentum=0.0, alpha=0.6, temperature=2.0)
     model, reference = net(), net()
-    train_local(model, data, settings, teacher_logits=teacher_logits)
+    train_local(model, data, config, epochs=1, proximal_mu=0.5, teacher_logits=teacher_logits)
 
     start = [p.detach().clone() for p in reference.parameters()]
     order = torch.randperm(64, generator=torch.Generator().manual_seed(0))   # epoch_generator(0, 0, 0)
