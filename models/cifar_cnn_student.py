@@ -2,6 +2,7 @@
 
 Parameters: 94,762 (num_classes=10)
 Input: float images [N, 3, 32, 32] (CIFAR-like colour images; any normalisation)
+Multiply-adds: 10,323,200 per image (convolutions and linear layers)
 Output: logits [N, num_classes]
 Arguments: num_classes=10, width=32
 Student of: cifar_resnet18_teacher.py (118x fewer parameters)

@@ -2,6 +2,7 @@
 
 Parameters: 11,173,962 (num_classes=10)
 Input: float images [N, 3, 32, 32] (CIFAR-like colour images; any normalisation)
+Multiply-adds: 555,422,720 per image (convolutions and linear layers)
 Output: logits [N, num_classes]
 Arguments: num_classes=10
 Pairs with: cifar_cnn_student.py

@@ -2,6 +2,7 @@
 
 Parameters: 897,130 (num_classes=10)
 Input: float images [N, 1, 28, 28] (MNIST-like grey images; any normalisation)
+Multiply-adds: 8,255,232 per image (convolutions and linear layers)
 Output: logits [N, num_classes]
 Arguments: num_classes=10, dropout=0.5
 Pairs with: mnist_cnn_student.py, mnist_mlp_student.py

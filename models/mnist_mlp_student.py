@@ -2,6 +2,7 @@
 
 Parameters: 50,890 (num_classes=10)
 Input: float images [N, 1, 28, 28] (or [N, 28, 28] / [N, 784]; flattened per sample)
+Multiply-adds: 50,816 per image (convolutions and linear layers)
 Output: logits [N, num_classes]
 Arguments: num_classes=10, hidden=64, in_features=784
 Student of: mnist_cnn_teacher.py (18x fewer parameters), hinton_teacher.py (47x fewer parameters)

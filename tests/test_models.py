@@ -1,4 +1,5 @@
-"""Tests of the model modules (model_files, weights, model_checks, profile): importing user model files, loading weights, dry runs, summaries."""
+"""Tests of the model modules (model_files, weights, model_checks, profile): importing user model files,
+loading weights, dry runs, summaries."""
 from __future__ import annotations
 
 import inspect

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-# MNIST as the workplace ships it, next to the repository (tools take --mnist-dir for another folder).
-DEFAULT_MNIST = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "mnist"
+# MNIST as the workplace ships it, next to the repository, or next to a folder holding it (a git
+# worktree in a sub-folder); tools take --mnist-dir for another folder.
+_SHIPPED = [folder / "shared" / "datasets" / "mnist" for folder in Path(__file__).resolve().parents[3:]]
+DEFAULT_MNIST = next((folder for folder in _SHIPPED if folder.is_dir()), _SHIPPED[0])
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
