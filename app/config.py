@@ -121,6 +121,7 @@ class KDConfig(BaseModel):
 
     baseline: bool = _field(False, "true or false", strict=True)
     init_student: str | None = _field(None, "the name of a student.pt or checkpoint.pt of an earlier run, or empty")
+    quantize: bool = _field(True, "true or false", strict=True)
 
     seed: WholeNumber = _training(0, "a whole number ≥ 0", ge=0)
     device: Literal["auto", "cpu", "cuda"] = _training("auto", "one of: auto, cpu, cuda")

@@ -31,8 +31,12 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> d
 
 
 def export_onnx(model: nn.Module, images: torch.Tensor, path: Path) -> dict:
-    """Export to ONNX (dynamic batch size), written only once onnxruntime predicts like PyTorch
-    on ``images`` (or nearly: the returned dict says how near)."""
+    """Export to ONNX (dynamic batch size) and check it: onnxruntime's predictions on ``images``
+    against PyTorch's.
+
+    The file is written whenever onnxruntime can load and run it, also when the check finds
+    different predictions: the returned dict (and so report.md) says how far apart they are.
+    A model the exporter or onnxruntime cannot handle is not written; the dict says why."""
     model.eval()
     buffer = io.BytesIO()
     try:

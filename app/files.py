@@ -19,6 +19,7 @@ import yaml
 STUDENT_WEIGHTS = "student.pt"
 STUDENT_TORCHSCRIPT = "student_torchscript.pt"
 STUDENT_ONNX = "student.onnx"
+STUDENT_INT8_ONNX = "student_int8.onnx"
 BASELINE_WEIGHTS = "baseline_student.pt"
 CONFUSION_PLOT = "confusion_matrix.png"
 FEDERATION_PLOT = "federation_accuracy.png"

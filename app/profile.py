@@ -1,4 +1,5 @@
-"""How large and how fast a model is on the CPU: parameters, size on disk, latency, peak memory."""
+"""How large and how fast a model is on the CPU: parameters, size on disk, latency, peak memory
+(PyTorch models), and latency of onnxruntime sessions."""
 from __future__ import annotations
 
 import copy
@@ -6,16 +7,22 @@ import io
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 
+import numpy as np
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 LATENCY_BUDGET_S = 0.2    # per measurement: a few ms models run hundreds of times, large ones `repeats` times
 LATENCY_MAX_RUNS = 2000
+# onnxruntime models are compared two at a time (float and int8 take turns), on a smaller
+# budget: it is paid at the end of every run, on top of the measurements above.
+ONNX_LATENCY_BUDGET_S = 0.1
+ONNX_LATENCY_REPEATS = 3
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -67,17 +74,44 @@ def summarize(model: nn.Module, sample_shape: tuple[int, ...], large_batch: int 
 
 
 def _fastest_ms(model: nn.Module, inputs: torch.Tensor, repeats: int) -> float:
-    # The fastest run is the model's own cost; slower runs measure whatever else shares the
-    # CPU (other sites of a local federation, other containers), which would blur the ratios.
-    # Fast calls repeat for at least LATENCY_BUDGET_S, so one of them finds the CPU free.
-    model(inputs)   # warm-up: first calls pay for allocation and kernel selection
-    times: list[float] = []
-    budget_ends = time.perf_counter() + LATENCY_BUDGET_S
-    while len(times) < repeats or (time.perf_counter() < budget_ends and len(times) < LATENCY_MAX_RUNS):
-        start = time.perf_counter()
-        model(inputs)
-        times.append(time.perf_counter() - start)
-    return min(times) * 1000
+    return fastest_ms({"model": lambda: model(inputs)}, repeats)["model"]
+
+
+def fastest_ms(runs: dict[str, Callable[[], object]], repeats: int,
+               budget_s: float = LATENCY_BUDGET_S) -> dict[str, float]:
+    """Milliseconds of the fastest of repeated calls of each run, the runs taking turns.
+
+    The fastest run is the model's own cost; slower runs measure whatever else shares the
+    CPU (other sites of a local federation, other containers), which would blur the ratios.
+    Fast calls repeat for at least ``budget_s``, so one of them finds the CPU free; taking
+    turns lets a burst of load from elsewhere slow every run alike rather than one of them.
+    """
+    for run in runs.values():
+        run()   # warm-up: first calls pay for allocation and kernel selection
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    budget_ends = time.perf_counter() + budget_s
+    done = 0
+    while done < repeats or (time.perf_counter() < budget_ends and done < LATENCY_MAX_RUNS):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+        done += 1
+    return {name: min(runs_times) * 1000 for name, runs_times in times.items()}
+
+
+def onnx_latency(sessions: dict, sample_shape: tuple[int, ...], large_batch: int = 256) -> dict[str, dict]:
+    """Per-sample ms at batch 1 and at ``large_batch`` of each onnxruntime session (by name), on
+    random [0, 1) images: the fastest of repeated runs, the sessions taking turns."""
+    result: dict[str, dict] = {name: {"large_batch": large_batch} for name in sessions}
+    generator = np.random.default_rng(0)
+    for batch, key in ((1, "latency_ms_batch1"), (large_batch, "latency_ms_per_sample")):
+        inputs = generator.random((batch, *sample_shape), dtype=np.float32)
+        runs = {name: partial(session.run, None, {session.get_inputs()[0].name: inputs})
+                for name, session in sessions.items()}
+        for name, ms in fastest_ms(runs, ONNX_LATENCY_REPEATS, ONNX_LATENCY_BUDGET_S).items():
+            result[name][key] = ms / batch
+    return result
 
 
 def _peak_forward_memory(model: nn.Module, inputs: torch.Tensor) -> int:

@@ -9,6 +9,10 @@ import json
 from pathlib import Path
 
 from app import checkpoint, files
+from app.quantization import FEW_CALIBRATION_SAMPLES
+
+INT8_TOLERATED_LOSS = 0.01      # more lost accuracy than this and report.md recommends the float model
+SMALL_MODEL_SIZE_RATIO = 0.35   # an int8 file larger than this share of the float one: fixed overhead dominates
 
 
 def percent(value: float | None) -> str:
@@ -30,6 +34,10 @@ def times(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}×"
 
 
+def ratio(value: float) -> str:
+    return f"{value:.2f}×"
+
+
 def milliseconds(value: float) -> str:
     return f"{value:.3f} ms"
 
@@ -40,8 +48,10 @@ def points(value: float) -> str:
 
 def render_report(metrics: dict) -> str:
     """The whole report.md of one site."""
-    sections = [_headline(metrics), _accuracy(metrics), _size_and_speed(metrics), _rounds(metrics),
-                _per_class(metrics)]
+    sections = [_headline(metrics), _accuracy(metrics), _size_and_speed(metrics)]
+    if "int8" in metrics:
+        sections.append(_int8(metrics))
+    sections += [_rounds(metrics), _per_class(metrics)]
     if "federation" in metrics:
         sections.append(_federation(metrics["federation"]))
     sections += [_files(metrics), _settings(metrics)]
@@ -61,22 +71,25 @@ def _common_parent(outputs: dict[str, Path]) -> Path:
 
 
 def summary_table(all_metrics: dict[str, dict]) -> str:
-    """One line per site (teacher, student, baseline accuracy, size) and the federation's weighted line."""
+    """One line per site (teacher, student, baseline and int8 accuracy, size) and the federation's weighted line."""
     with_baseline = any("baseline" in metrics for metrics in all_metrics.values())
-    rows = [("site", "teacher", "student") + (("baseline",) if with_baseline else ())
+    with_int8 = any("int8" in metrics for metrics in all_metrics.values())
+    rows = [("site", "teacher", "student") + (("baseline",) if with_baseline else ()) + (("int8",) if with_int8 else ())
             + ("student params", "smaller", "faster (batch 1)")]
     federation = None
     for site, metrics in all_metrics.items():
         compression = metrics["compression"]
         rows.append((site, percent(metrics["teacher"]["accuracy"]), percent(metrics["student"]["accuracy"]))
                     + ((percent(metrics.get("baseline", {}).get("accuracy")),) if with_baseline else ())
+                    + ((percent(metrics.get("int8", {}).get("accuracy")),) if with_int8 else ())
                     + (number(metrics["student"]["parameters"]), times(compression["parameters_ratio"]),
                        times(compression["speedup_batch1"])))
         federation = metrics.get("federation", federation)
     if federation is not None:
         rows.append((f"all {len(federation['sites'])} sites", percent(federation["teacher_accuracy"]),
                      percent(federation["student_accuracy"]))
-                    + ((percent(federation["baseline_accuracy"]),) if with_baseline else ()) + ("", "", ""))
+                    + ((percent(federation["baseline_accuracy"]),) if with_baseline else ())
+                    + ((percent(federation.get("int8_accuracy")),) if with_int8 else ()) + ("", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
@@ -108,6 +121,11 @@ def _headline(metrics: dict) -> str:
                  f" distillation gains {points(gain)}")
         text += (f", within the ±{100 * noise:.2f} points the choice of test images alone can make."
                  if abs(gain) < noise else f" (more than the ±{100 * noise:.2f} points test-set chance explains).")
+    int8 = metrics.get("int8", {})
+    if int8.get("exported"):
+        text += (f" Quantized to int8 (`{files.STUDENT_INT8_ONNX}`), it reaches {percent(int8['accuracy'])} at "
+                 f"{ratio(int8['size_bytes'] / int8['float_onnx']['size_bytes'])} the size of the float ONNX file")
+        text += f": {_int8_cost(int8)}" if _int8_too_costly(int8) else "."
     return text
 
 
@@ -137,6 +155,64 @@ def _size_and_speed(metrics: dict) -> str:
             + _table(("", "teacher", "student", "teacher ÷ student"), rows, "lrrr"))
 
 
+def _int8_too_costly(int8: dict) -> bool:
+    return int8["accuracy_change"] < -INT8_TOLERATED_LOSS
+
+
+def _int8_cost(int8: dict) -> str:
+    return (f"**int8 costs {100 * -int8['accuracy_change']:.2f} points of test accuracy, more than "
+            f"{100 * INT8_TOLERATED_LOSS:.0f} point: use the float model, `{files.STUDENT_ONNX}`.**")
+
+
+def _speed(float_ms: float, int8_ms: float) -> str:
+    return f"{float_ms / int8_ms:.2f}× faster" if int8_ms <= float_ms else f"{int8_ms / float_ms:.2f}× slower"
+
+
+def _int8(metrics: dict) -> str:
+    int8 = metrics["int8"]
+    heading = "## int8 student (onnxruntime, this site's CPU)\n\n"
+    if not int8["exported"]:
+        return heading + f"`{files.STUDENT_INT8_ONNX}` was not written: {int8['error']}. The float model, " \
+                         f"`{files.STUDENT_ONNX}`, is unaffected."
+    float_onnx, change, noise = int8["float_onnx"], int8["accuracy_change"], int8["accuracy_change_noise"]
+    size_ratio = int8["size_bytes"] / float_onnx["size_bytes"]
+    rows = [("test accuracy", percent(float_onnx["accuracy"]), percent(int8["accuracy"]),
+             f"{points(change)} (chance: ±{100 * noise:.2f})"),
+            ("size on disk", size(float_onnx["size_bytes"]), size(int8["size_bytes"]), f"{ratio(size_ratio)} the size")]
+    for key, label in (("latency_ms_batch1", "latency, batch of 1"),
+                       ("latency_ms_per_sample", f"latency per image, batch of {int8['large_batch']}")):
+        rows.append((label, milliseconds(float_onnx[key]), milliseconds(int8[key]), _speed(float_onnx[key], int8[key])))
+    header = ("", f"float (`{files.STUDENT_ONNX}`)", f"int8 (`{files.STUDENT_INT8_ONNX}`)", "int8 against float")
+    text = (heading + f"`{files.STUDENT_INT8_ONNX}` is `{files.STUDENT_ONNX}` quantized to int8 by onnxruntime "
+            "(static, QDQ, weights per output channel), its activation ranges calibrated on "
+            f"{number(int8['calibration_samples'])} of this site's training images, which never left the site. It "
+            f"takes the same input as `{files.STUDENT_ONNX}`. Both ran in onnxruntime with the same session options "
+            f"on this site's {number(int8['test_samples'])} test images; latency is the fastest of repeated runs, "
+            "the two models taking turns.\n\n" + _table(header, rows, "lrrr") + "\n\n")
+    if _int8_too_costly(int8):
+        text += _int8_cost(int8)
+    else:
+        within = "within" if abs(change) < noise else "beyond"
+        text += (f"int8 changes test accuracy by {points(change)}, {within} the ±{100 * noise:.2f} points the choice "
+                 f"of test images alone can make; the two models predict the same class for "
+                 f"{percent(int8['agreement'])} of the test images.")
+    if int8["latency_ms_batch1"] > float_onnx["latency_ms_batch1"] \
+            and int8["latency_ms_per_sample"] > float_onnx["latency_ms_per_sample"]:
+        text += (" On this CPU int8 is slower than float for this student: choose it for its size, the float "
+                 "model for speed.")
+    notes = []
+    if size_ratio > SMALL_MODEL_SIZE_RATIO:
+        notes.append(f"The file shrinks less than the 4× of int8 weights: a student of "
+                     f"{number(metrics['student']['parameters'])} parameters is small next to the fixed part of "
+                     "an ONNX file (graph, names, and the int8 model's scales and zero points).")
+    if int8["calibration_samples"] < FEW_CALIBRATION_SAMPLES:
+        notes.append(f"Calibrated on only {number(int8['calibration_samples'])} training images (all this site "
+                     "has): activation ranges from so few images may not fit others; the test accuracy above shows "
+                     "whether that mattered.")
+    notes += [f"onnxruntime's quantizer warned: {warning}" for warning in int8.get("quantizer_warnings", [])]
+    return text + "".join(f"\n\n{note}" for note in notes)
+
+
 def _rounds(metrics: dict) -> str:
     baseline = "baseline" in metrics
     header = ("round", "train loss (KD)", "test accuracy", "test loss") + (("baseline accuracy",) if baseline else ())
@@ -158,31 +234,46 @@ def _per_class(metrics: dict) -> str:
 
 
 def _federation(federation: dict) -> str:
+    int8 = any(site.get("int8_accuracy") is not None for site in federation["sites"])
     rows = [(site["site"], number(site["test_samples"]), percent(site["teacher_accuracy"]),
-             percent(site["student_accuracy"]), percent(site["baseline_accuracy"])) for site in federation["sites"]]
+             percent(site["student_accuracy"]), percent(site["baseline_accuracy"]))
+            + ((percent(site.get("int8_accuracy")),) if int8 else ()) for site in federation["sites"]]
     rows.append(("**all sites (weighted)**", number(federation["test_samples"]),
                  percent(federation["teacher_accuracy"]), percent(federation["student_accuracy"]),
-                 percent(federation["baseline_accuracy"])))
+                 percent(federation["baseline_accuracy"]))
+                + ((percent(federation.get("int8_accuracy")),) if int8 else ()))
+    header = ("site", "test images", "teacher", "distilled student", "baseline student") + (
+        ("int8 student",) if int8 else ())
     return (f"## Federation ({len(federation['sites'])} sites)\n\nEach site's accuracy on its own test set; the last "
             "line weights the sites by test-set size.\n\n"
-            + _table(("site", "test images", "teacher", "distilled student", "baseline student"), rows, "lrrrr")
+            + _table(header, rows, "lrrrr" + ("r" if int8 else ""))
             + f"\n\n![federation accuracy per round]({files.FEDERATION_PLOT})")
 
 
 def _files(metrics: dict) -> str:
     onnx = metrics["onnx"]
     if onnx["exported"]:
-        verdict = "same predictions" if onnx["same_predictions"] else "**different predictions**"
+        verdict = "same predictions" if onnx["same_predictions"] else (
+            "**different predictions** (the file is written all the same: check it before deploying it)")
         onnx_line = (f"`{files.STUDENT_ONNX}`: ONNX, checked with onnxruntime on {onnx['checked_samples']} "
                      f"test images: {verdict}, largest logit difference {onnx['max_abs_difference']:.2e}")
     else:
         onnx_line = f"`{files.STUDENT_ONNX}`: not exported ({onnx['error']})"
+    int8 = metrics.get("int8")
+    if int8 is None:
+        int8_line = f"`{files.STUDENT_INT8_ONNX}`: not made (`quantize: false`)"
+    elif int8["exported"]:
+        advice = "; not recommended here: it costs too much accuracy" if _int8_too_costly(int8) else ""
+        int8_line = (f"`{files.STUDENT_INT8_ONNX}`: `{files.STUDENT_ONNX}` quantized to int8, same input "
+                     f"(see the int8 section above{advice})")
+    else:
+        int8_line = f"`{files.STUDENT_INT8_ONNX}`: not written ({int8['error']})"
     torchscript = metrics["torchscript"]
     torchscript_line = f"`{files.STUDENT_TORCHSCRIPT}`: " + (
         "TorchScript, runs without the model's Python file" if torchscript["exported"]
         else f"not exported ({torchscript['error']})")
     lines = [f"`{files.STUDENT_WEIGHTS}`: the global student's state_dict (load with `torch.load(..., "
-             "weights_only=True)` into the student model)", torchscript_line, onnx_line]
+             "weights_only=True)` into the student model)", torchscript_line, onnx_line, int8_line]
     if "baseline" in metrics:
         lines.append(f"`{files.BASELINE_WEIGHTS}`: the baseline student's state_dict")
     lines += [f"`{files.METRICS}`, `{files.ROUNDS_CSV}`: every figure of this report",

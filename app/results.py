@@ -1,8 +1,10 @@
 """Everything a site leaves behind at the end of a run.
 
-``write_outputs`` measures the teacher and the final student (accuracy, size,
-latency, memory), assembles ``metrics.json`` and writes every other file from
-that one dictionary, so report.md, rounds.csv and the plots always agree with it.
+``export_student`` writes the student's model files (with ``quantize`` also the int8
+one, measured against the float one); ``write_outputs`` measures the teacher and the
+final student (accuracy, size, latency, memory), assembles ``metrics.json`` and writes
+every other file from that one dictionary, so report.md, rounds.csv and the plots
+always agree with it.
 The files are written next to the round checkpoint in ``unfinished/`` and published
 together at the very end: a run failing on the way changes none of an earlier run's files.
 """
@@ -13,7 +15,9 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from app import checkpoint, exports, files, plots
+import torch
+
+from app import checkpoint, exports, files, plots, quantization
 from app.event_logs import write_events
 from app.config import effective_document, read_document
 from app.profile import summarize
@@ -25,13 +29,69 @@ if TYPE_CHECKING:
 ONNX_CHECK_SAMPLES = 64
 
 
-def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
-    """Write this site's outputs; ``federation`` (coordinator only) holds every site's summary."""
+def export_student(site: "Site") -> dict:
+    """The student's model files in ``unfinished/`` (weights, TorchScript, ONNX and, with
+    ``quantize``, its int8 version), each with its check: the part of the outputs that
+    ``site_summary`` reports to the coordinator, so made before the rest."""
     out = site.output_dir / checkpoint.UNFINISHED
     _, check_images, _ = next(iter(site.test.batches(ONNX_CHECK_SAMPLES)))
-    cpu_student = copy.deepcopy(site.student).cpu()   # measured and exported on the CPU, whatever trained it
+    cpu_student = copy.deepcopy(site.student).cpu()   # exported on the CPU, whatever trained it
+    files.save_state_dict(site.student.state_dict(), out / files.STUDENT_WEIGHTS)
+    exported = {"torchscript": exports.export_torchscript(cpu_student, check_images[:1],
+                                                          out / files.STUDENT_TORCHSCRIPT),
+                "onnx": exports.export_onnx(cpu_student, check_images, out / files.STUDENT_ONNX)}
+    if site.config.quantize:
+        exported["int8"] = _export_int8(site, out)
+    return exported
+
+
+def _export_int8(site: "Site", out) -> dict:
+    """student.onnx quantized, calibrated on up to CALIBRATION_SAMPLES of the site's training
+    images (a seeded random choice: files sorted by class must not calibrate on one class)."""
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(site.config.seed)
+    _, calibration, _ = next(iter(site.train.batches(quantization.CALIBRATION_SAMPLES, shuffle=True,
+                                                     generator=generator)))
+    test = ((images.numpy(), labels.numpy()) for _, images, labels in site.test.batches(quantization.CHECK_BATCH))
+    result = with_accuracy_change(quantization.export_int8(out / files.STUDENT_ONNX, calibration.numpy(), test,
+                                                           out / files.STUDENT_INT8_ONNX))
+    result["seconds"] = time.perf_counter() - started
+    site.log(int8_line(result))
+    return result
+
+
+def with_accuracy_change(int8: dict) -> dict:
+    """``export_int8``'s result with what int8 changed in test accuracy and that change's chance margin."""
+    if not int8["exported"]:
+        return int8
+    float_accuracy = int8["float_onnx"]["accuracy"]
+    return {**int8, "accuracy_change": int8["accuracy"] - float_accuracy,
+            "accuracy_change_noise": chance_margin(int8["accuracy"], float_accuracy, int8["test_samples"])}
+
+
+def int8_line(result: dict) -> str:
+    """One log line on the int8 model."""
+    if not result["exported"]:
+        return f"{files.STUDENT_INT8_ONNX}: not written ({result['error']})"
+    return (f"{files.STUDENT_INT8_ONNX}: test accuracy {result['accuracy']:.4f} (float ONNX "
+            f"{result['float_onnx']['accuracy']:.4f}), {result['size_bytes'] / result['float_onnx']['size_bytes']:.2f}"
+            f" of its size, calibrated on {result['calibration_samples']} training images; "
+            f"quantized and measured in {result['seconds']:.1f}s")
+
+
+def site_summary(site: "Site", exported: dict) -> dict:
+    """What a site sends the coordinator with ``done``: ``Site.summary`` and its int8 accuracy."""
+    return {**site.summary(), "int8_accuracy": exported.get("int8", {}).get("accuracy")}
+
+
+def write_outputs(site: "Site", federation: list[dict] | None = None, exported: dict | None = None) -> dict:
+    """Write this site's outputs; ``federation`` (coordinator only) holds every site's summary,
+    ``exported`` what ``export_student`` returned if it ran already."""
+    out = site.output_dir / checkpoint.UNFINISHED
+    if exported is None:
+        exported = export_student(site)
     teacher_size = summarize(site.teacher, site.train.sample_shape).as_dict()
-    student_size = summarize(cpu_student, site.train.sample_shape).as_dict()
+    student_size = summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
     metrics = {
         "site": site.name,
         "teacher": {**site.teacher_evaluation.as_dict(), **teacher_size, "source": teacher_source(site)},
@@ -51,10 +111,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None) -> dict:
     if federation is not None:
         metrics["federation"] = federation_summary(federation)
 
-    files.save_state_dict(site.student.state_dict(), out / files.STUDENT_WEIGHTS)
-    metrics["torchscript"] = exports.export_torchscript(cpu_student, check_images[:1],
-                                                        out / files.STUDENT_TORCHSCRIPT)
-    metrics["onnx"] = exports.export_onnx(cpu_student, check_images, out / files.STUDENT_ONNX)
+    metrics.update(exported)
     if "baseline" in site.models:
         files.save_state_dict(site.models["baseline"].state_dict(), out / files.BASELINE_WEIGHTS)
     _write_plots(metrics, out)
@@ -116,6 +173,7 @@ def federation_summary(sites: list[dict]) -> dict:
             "teacher_accuracy": weighted(everyone, "teacher_accuracy"),
             "student_accuracy": weighted(everyone, "student_accuracy"),
             "baseline_accuracy": weighted(everyone, "baseline_accuracy"),
+            "int8_accuracy": weighted(everyone, "int8_accuracy"),
             "rounds": rounds}
 
 

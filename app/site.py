@@ -12,7 +12,8 @@ between sites:
     payload = site.train_round(r)                      # every site, each round
     global_models = site.aggregate(received, sites)    # coordinator, each round
     site.apply_global(global_models, r)                # every site: load, evaluate, checkpoint
-    results.write_outputs(site, federation)            # every site, at the end
+    exported = results.export_student(site)            # every site, at the end: model files (int8 too)
+    results.write_outputs(site, federation, exported)  # every site: metrics, report, plots
 
 Models travel as ``{model name: {tensor name: numpy array}}`` ("student", and
 "baseline" when the no-teacher baseline is trained alongside it; "teacher" in

@@ -7,7 +7,8 @@
 #
 # Outputs go to results/containers/ (git-ignored, emptied first so a stale run cannot pass).
 # scripts/check_outputs.py then requires, at both sites c1 and c2: every expected file, the same
-# student.pt, one metrics.json round entry per configured round, student accuracy >= 0.95.
+# student.pt, one metrics.json round entry per configured round, student accuracy >= 0.95, a
+# student_int8.onnx predicting like the float student on >= 98% of the site's test images.
 # Needs a running Docker engine and the image (scripts/docker-ci.sh provides both); never pulls.
 # The containers keep the engine's default waits, so this takes about a minute and a half.
 # Exits non-zero with an "ERROR:" line naming what failed.
@@ -43,4 +44,4 @@ for site in "${SITES[@]}"; do
 done
 python scripts/check_outputs.py "$OUTPUT" --min-accuracy 0.95 \
   || die "the outputs in $OUTPUT fail the checks listed above"
-log "OK: containers gave every site the same student, accuracy >= 0.95, all outputs ($((SECONDS - started))s in all)"
+log "OK: containers gave every site the same student, accuracy >= 0.95, int8 agreement >= 0.98, all outputs ($((SECONDS - started))s in all)"

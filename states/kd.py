@@ -12,7 +12,7 @@ from __future__ import annotations
 from FeatureCloud.app.engine.app import Role, app_state
 
 from app.files import REPORT
-from app.results import write_outputs
+from app.results import export_student, site_summary, write_outputs
 from app.site import Site
 from states.base import BOARD, PATHS, RESULTS_SHARE, KDState
 
@@ -89,12 +89,13 @@ class WriteResultsState(KDState):
     def step(self) -> str:
         site = self.site
         self.report("writing results", 1 - RESULTS_SHARE)
+        exported = export_student(site)   # first: the summary carries the int8 model's accuracy
         if self.is_coordinator:
-            self.send_data_to_coordinator(site.summary(), memo="done")
-            metrics = write_outputs(site, federation=self.gather_data(memo="done"))
+            self.send_data_to_coordinator(site_summary(site, exported), memo="done")
+            metrics = write_outputs(site, federation=self.gather_data(memo="done"), exported=exported)
         else:
-            metrics = write_outputs(site)
-            self.send_data_to_coordinator(site.summary(), memo="done")
+            metrics = write_outputs(site, exported=exported)
+            self.send_data_to_coordinator(site_summary(site, exported), memo="done")
         self.report("done", 1.0)
         BOARD.finish(metrics, site.output_dir, REPORT)
         return "terminal"

@@ -50,6 +50,10 @@ def test_every_site_ends_with_the_same_student_and_a_round_per_entry(tmp_path, s
         assert data["compression"]["parameters_ratio"] >= 10
     assert "round 2/2 distilling" in log
     assert metrics(result, ids[0])["federation"]["test_samples"] == 200 * sites
+    for row in metrics(result, ids[0])["federation"]["sites"]:   # each site's `done` carried its int8 accuracy
+        int8 = metrics(result, row["site"])["int8"]
+        assert int8["exported"] and row["int8_accuracy"] == int8["accuracy"]
+        assert (result.outputs[row["site"]] / "student_int8.onnx").stat().st_size == int8["size_bytes"]
 
 
 def test_a_broken_config_at_one_site_ends_the_run_quickly_naming_site_key_and_value(tmp_path, small_federation):

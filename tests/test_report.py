@@ -1,14 +1,18 @@
-"""Output files: atomic writes, JSON, CSV, plots, TorchScript, config."""
+"""Output files: atomic writes, JSON, CSV, plots, TorchScript, ONNX and its int8 version, config."""
 import json
 import struct
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 from torch import nn
 
-from app import exports, files, plots
+from app import exports, files, plots, quantization
+from app.model_files import build_model
+from app.profile import parameter_count
+from tests.conftest import REPO
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
@@ -88,3 +92,63 @@ def test_config_round_trip_keeps_key_order(tmp_path):
     files.write_config(document, tmp_path / "config.yml")
     assert yaml.safe_load((tmp_path / "config.yml").read_text()) == document
     assert (tmp_path / "config.yml").read_text().startswith("fc_knowledge_distillation:")
+
+
+def onnx_export(model: nn.Module, folder, shape=(1, 28, 28)) -> tuple:
+    """``model`` exported as student.onnx in ``folder``; the images it was checked on."""
+    images = torch.rand(8, *shape)
+    assert exports.export_onnx(model.eval(), images, folder / "student.onnx")["exported"]
+    return folder / "student.onnx", images.numpy()
+
+
+def int8_of(float_path, calibration: np.ndarray, test_images: np.ndarray) -> dict:
+    labels = np.zeros(len(test_images), dtype=np.int64)
+    return quantization.export_int8(float_path, calibration, [(test_images, labels)],
+                                    float_path.with_name("student_int8.onnx"))
+
+
+def test_int8_file_of_a_50k_parameter_student_is_at_most_035_of_the_float_file(tmp_path):
+    model = build_model(REPO / "models" / "mnist_mlp_student.py", {}, "student_model")
+    assert parameter_count(model) >= 50_000
+    float_path, images = onnx_export(model, tmp_path)
+    int8 = int8_of(float_path, np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32), images)
+    assert int8["exported"] and int8["calibration_samples"] == 64
+    assert int8["size_bytes"] == (tmp_path / "student_int8.onnx").stat().st_size
+    assert int8["float_onnx"]["size_bytes"] == float_path.stat().st_size
+    assert int8["size_bytes"] <= 0.35 * float_path.stat().st_size
+
+
+def test_a_model_onnxruntime_cannot_quantize_is_reported_not_raised(tmp_path):
+    class NotANumber(nn.Module):   # exports and runs, but its activations are NaN: no int8 range fits them
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(784, 10)
+
+        def forward(self, x):
+            return self.head(torch.log(x.flatten(1) - 2))
+    float_path, images = onnx_export(NotANumber(), tmp_path)
+    int8 = int8_of(float_path, images, images)
+    assert int8["exported"] is False
+    assert int8["error"].startswith("onnxruntime could not quantize student.onnx: AssertionError: scale issue")
+    assert any("NaN" in warning for warning in int8["quantizer_warnings"])
+    assert not (tmp_path / "student_int8.onnx").exists()
+
+
+def test_no_float_onnx_means_a_note_not_an_int8_model(tmp_path):
+    int8 = int8_of(tmp_path / "student.onnx", np.zeros((1, 1, 28, 28), np.float32), np.zeros((1, 1, 28, 28)))
+    assert int8 == {"exported": False, "error": "student.onnx was not exported, so there is nothing to quantize"}
+
+
+def test_onnx_file_is_written_even_when_its_check_finds_different_predictions(tmp_path):
+    class Branchy(nn.Module):   # tracing keeps the branch the example image took
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            flat = x.flatten(1)
+            return self.head(flat) if float(flat.sum()) > 0 else -self.head(flat)
+    images = torch.cat([torch.ones(1, 1, 2, 2), -torch.ones(3, 1, 2, 2)])
+    check = exports.export_onnx(Branchy(), images, tmp_path / "student.onnx")
+    assert check["exported"] and not check["same_predictions"]
+    assert (tmp_path / "student.onnx").is_file()   # as export_onnx's docstring says

@@ -1,16 +1,23 @@
-"""A site's final outputs: report.md agrees with metrics.json, plots are images, ONNX predicts like PyTorch."""
+"""A site's final outputs: report.md agrees with metrics.json, plots are images, the ONNX models
+(float and int8), loaded here with onnxruntime, predict like PyTorch."""
 import json
 import re
 
+import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 from PIL import Image
 
-from app import plots
-from app.report import milliseconds, number, percent, size, times
-from app.results import write_outputs
+from app import plots, quantization
+from app.data import load_dataset
+from app.model_files import build_model
+from app.report import milliseconds, number, percent, points, ratio, size, summary_table, times
+from app.report import render_report
+from app.results import export_student, site_summary, with_accuracy_change, write_outputs
 from app.site import Site
-from tests.conftest import site_input
+from tests.conftest import SAMPLE, site_input
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +34,32 @@ def outputs(tmp_path_factory):
         global_models = sites[0].aggregate([site.train_round(round_index) for site in sites], sites=2)
         for site in sites:
             site.apply_global(global_models, round_index)
-    metrics = write_outputs(sites[0], federation=[site.summary() for site in sites])
+    exported = [export_student(site) for site in sites]   # as every site does before reporting `done`
+    metrics = write_outputs(sites[0], federation=[site_summary(site, made) for site, made in zip(sites, exported)],
+                            exported=exported[0])
     return tmp / "out_c1", metrics
+
+
+@pytest.fixture(scope="module")
+def models(outputs):
+    """The coordinator's student.onnx and student_int8.onnx in onnxruntime sessions of our own, and
+    the PyTorch student rebuilt from student.pt and the sample student.py."""
+    folder, _ = outputs
+    student = build_model(SAMPLE / "generic" / "student.py", {}, "student_model")
+    student.load_state_dict(torch.load(folder / "student.pt", weights_only=True))
+    sessions = {name: onnxruntime.InferenceSession(folder / file, providers=["CPUExecutionProvider"])
+                for name, file in (("float", "student.onnx"), ("int8", "student_int8.onnx"))}
+    return student.eval(), sessions
+
+
+def predict(session, images: torch.Tensor) -> np.ndarray:
+    return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+
+
+def site_test_set(folder):
+    """The coordinator's test images and labels, read from its input folder as a user would."""
+    data = load_dataset(folder.parent / "in_c1" / "test.npz", "test_dataset")
+    return data.images, data.labels
 
 
 def table(markdown: str, heading: str) -> dict[str, list[str]]:
@@ -77,8 +108,8 @@ def test_report_rounds_and_federation_tables_equal_metrics(outputs):
                                              f"{row['loss']:.4f}", percent(row["baseline_accuracy"])]
     federation = table(report, "Federation")
     for site in metrics["federation"]["sites"]:
-        assert federation[site["site"]] == [number(site["test_samples"]), percent(site["teacher_accuracy"]),
-                                            percent(site["student_accuracy"]), percent(site["baseline_accuracy"])]
+        assert federation[site["site"]][:4] == [number(site["test_samples"]), percent(site["teacher_accuracy"]),
+                                                percent(site["student_accuracy"]), percent(site["baseline_accuracy"])]
     assert federation["**all sites (weighted)**"][2] == percent(metrics["federation"]["student_accuracy"])
     headline = report.split("\n\n")[1]
     assert f"**{percent(metrics['student']['accuracy'])}**" in headline
@@ -100,12 +131,115 @@ def test_every_image_the_report_shows_is_a_valid_png(outputs):
             assert image.format == "PNG" and image.size[0] >= 400
 
 
-def test_onnx_export_predicts_like_pytorch(outputs):
+def test_onnx_export_predicts_like_pytorch(outputs, models):
     folder, metrics = outputs
-    check = metrics["onnx"]
+    student, sessions = models
+    images, _ = site_test_set(folder)
+    with torch.no_grad():
+        expected = student(images).numpy()
+    logits = predict(sessions["float"], images)
+    assert np.abs(logits - expected).max() < 1e-4
+    assert (logits.argmax(1) == expected.argmax(1)).all()
+    check = metrics["onnx"]   # the app's own check says the same
     assert check["exported"] and check["same_predictions"] and check["checked_samples"] == 64
     assert check["max_abs_difference"] < 1e-4
-    assert (folder / "student.onnx").stat().st_size > 10_000
+
+
+def test_int8_model_predicts_like_the_float_model_on_the_sample_federations_test_images(models):
+    student, sessions = models
+    images = torch.cat([load_dataset(SAMPLE / site / "test.npz", "test_dataset").images for site in ("c1", "c2")])
+    with torch.no_grad():
+        expected = student(images).argmax(1).numpy()
+    float_predictions = predict(sessions["float"], images).argmax(1)
+    int8_predictions = predict(sessions["int8"], images).argmax(1)
+    assert len(images) == 2000
+    assert (float_predictions == expected).all()
+    assert (int8_predictions == float_predictions).mean() >= 0.98
+    assert (int8_predictions == expected).mean() >= 0.98
+
+
+def test_int8_figures_are_those_of_the_files(outputs, models):
+    folder, metrics = outputs
+    _, sessions = models
+    int8, float_onnx = metrics["int8"], metrics["int8"]["float_onnx"]
+    images, labels = site_test_set(folder)
+    accuracy = {name: float((predict(session, images).argmax(1) == labels.numpy()).mean())
+                for name, session in sessions.items()}
+    assert int8["exported"] and int8["test_samples"] == len(labels) == 200
+    assert int8["accuracy"] == accuracy["int8"] and float_onnx["accuracy"] == accuracy["float"]
+    assert float_onnx["accuracy"] == pytest.approx(metrics["student"]["accuracy"], abs=1 / len(labels))
+    assert int8["accuracy_change"] == int8["accuracy"] - float_onnx["accuracy"]
+    assert int8["size_bytes"] == (folder / "student_int8.onnx").stat().st_size
+    assert float_onnx["size_bytes"] == (folder / "student.onnx").stat().st_size
+    assert int8["calibration_samples"] == 256   # a few hundred of the site's 600 training images
+    assert int8["large_batch"] == 256 and all(
+        model[key] > 0 for model in (int8, float_onnx) for key in ("latency_ms_batch1", "latency_ms_per_sample"))
+
+
+def test_int8_model_takes_the_float_models_input(outputs, models):
+    folder, _ = outputs
+    _, sessions = models
+
+    def contract(path):
+        graph = onnx.load(path).graph
+        return [(value.name, value.type.tensor_type.elem_type,
+                 [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim])
+                for value in (*graph.input, *graph.output)]
+    assert contract(folder / "student_int8.onnx") == contract(folder / "student.onnx") == [
+        ("images", onnx.TensorProto.FLOAT, ["batch", 1, 28, 28]), ("logits", onnx.TensorProto.FLOAT, ["batch", 10])]
+    images, _ = site_test_set(folder)
+    assert 0 <= images.min() and images.max() <= 1   # the [0, 1] images both were checked on
+    for batch in (1, 3):
+        assert predict(sessions["int8"], images[:batch]).shape == predict(sessions["float"], images[:batch]).shape
+
+
+def test_report_int8_section_and_federation_column_equal_metrics(outputs):
+    folder, metrics = outputs
+    report = (folder / "report.md").read_text()
+    int8, float_onnx = metrics["int8"], metrics["int8"]["float_onnx"]
+    rows = table(report, "int8 student")
+    change, noise = int8["accuracy_change"], int8["accuracy_change_noise"]
+    assert rows["test accuracy"] == [percent(float_onnx["accuracy"]), percent(int8["accuracy"]),
+                                     f"{points(change)} (chance: ±{100 * noise:.2f})"]
+    assert rows["size on disk"] == [size(float_onnx["size_bytes"]), size(int8["size_bytes"]),
+                                    f"{ratio(int8['size_bytes'] / float_onnx['size_bytes'])} the size"]
+    assert rows["latency, batch of 1"][:2] == [milliseconds(float_onnx["latency_ms_batch1"]),
+                                               milliseconds(int8["latency_ms_batch1"])]
+    assert rows["latency per image, batch of 256"][:2] == [milliseconds(float_onnx["latency_ms_per_sample"]),
+                                                           milliseconds(int8["latency_ms_per_sample"])]
+    assert noise == pytest.approx(
+        2 * ((int8["accuracy"] * (1 - int8["accuracy"]) + float_onnx["accuracy"] * (1 - float_onnx["accuracy"]))
+             / 200) ** 0.5)
+    # the 9,122-parameter sample student: the fixed part of an ONNX file shows, and the report says so
+    assert int8["size_bytes"] / float_onnx["size_bytes"] > 0.35 and "fixed part of an ONNX file" in report
+    federation = table(report, "Federation")
+    for site in metrics["federation"]["sites"]:
+        assert site["int8_accuracy"] is not None
+        assert federation[site["site"]][-1] == percent(site["int8_accuracy"])
+    assert metrics["federation"]["sites"][0]["int8_accuracy"] == int8["accuracy"]
+    assert federation["**all sites (weighted)**"][-1] == percent(metrics["federation"]["int8_accuracy"])
+    closing = summary_table({"c1": metrics}).splitlines()
+    assert closing[0].split()[:5] == ["site", "teacher", "student", "baseline", "int8"]
+    assert closing[2].split()[4] == percent(int8["accuracy"])
+    assert closing[-2].split()[6] == percent(metrics["federation"]["int8_accuracy"])
+
+
+@pytest.mark.parametrize("black", [False, True])
+def test_a_single_calibration_image_gives_a_model_and_a_clear_note(outputs, tmp_path, black):
+    folder, metrics = outputs
+    image = load_dataset(folder.parent / "in_c1" / "train.npz", "train_dataset").images[:1].numpy()
+    images, labels = site_test_set(folder)
+    test = [(batch.numpy(), batch_labels.numpy()) for batch, batch_labels in zip(images.split(64), labels.split(64))]
+    int8 = with_accuracy_change(quantization.export_int8(folder / "student.onnx", 0 * image if black else image,
+                                                         test, tmp_path / "student_int8.onnx"))
+    assert int8["exported"] and int8["calibration_samples"] == 1 and int8["test_samples"] == 200
+    assert (tmp_path / "student_int8.onnx").is_file()
+    report = render_report({**metrics, "int8": int8})
+    assert "Calibrated on only 1 training images" in report
+    # ranges from a black image fit no real image: int8 is useless, and the report says to use the float model
+    recommended = "more than 1 point: use the float model, `student.onnx`.**" in report
+    assert recommended == black == (int8["accuracy_change"] < -0.01)
+    assert ("not recommended here" in report) == black
 
 
 def test_a_run_failing_while_writing_changes_no_earlier_output(tmp_path, monkeypatch):
