@@ -236,10 +236,11 @@ def test_a_single_calibration_image_gives_a_model_and_a_clear_note(outputs, tmp_
     assert (tmp_path / "student_int8.onnx").is_file()
     report = render_report({**metrics, "int8": int8})
     assert "Calibrated on only 1 training images" in report
-    # ranges from a black image fit no real image: int8 is useless, and the report says to use the float model
+    # whenever int8 costs more than 1 point the report says to use the float model; ranges from a
+    # black image fit no real image, so there it always does
     recommended = "more than 1 point: use the float model, `student.onnx`.**" in report
-    assert recommended == black == (int8["accuracy_change"] < -0.01)
-    assert ("not recommended here" in report) == black
+    assert recommended == ("not recommended here" in report) == (int8["accuracy_change"] < -0.01)
+    assert recommended or not black
 
 
 def test_a_run_failing_while_writing_changes_no_earlier_output(tmp_path, monkeypatch):
