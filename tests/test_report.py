@@ -3,6 +3,8 @@ import json
 import struct
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 import yaml
@@ -152,3 +154,32 @@ def test_onnx_file_is_written_even_when_its_check_finds_different_predictions(tm
     check = exports.export_onnx(Branchy(), images, tmp_path / "student.onnx")
     assert check["exported"] and not check["same_predictions"]
     assert (tmp_path / "student.onnx").is_file()   # as export_onnx's docstring says
+
+
+def test_int8_model_keeps_a_normalization_inside_the_graph_and_takes_the_same_input(tmp_path):
+    class Normalize(nn.Module):   # a normalization exported inside the graph, as a run with `normalize` does
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(0.1307))
+            self.register_buffer("std", torch.tensor(0.3081))
+
+        def forward(self, x):
+            return (x - self.mean) / self.std
+    student = build_model(REPO / "sample_data" / "generic" / "student.py", {}, "student_model")
+    float_path, images = onnx_export(nn.Sequential(Normalize(), student), tmp_path)
+    assert int8_of(float_path, images, images)["exported"]
+
+    def contract(graph):
+        return [(value.name, value.type.tensor_type.elem_type, [dim.dim_param or dim.dim_value
+                                                                for dim in value.type.tensor_type.shape.dim])
+                for value in (*graph.input, *graph.output)]
+
+    def normalization(graph):   # the nodes turning the [0, 1] input into what the student sees, with constants
+        constants = {tensor.name: onnx.numpy_helper.to_array(tensor).tolist() for tensor in graph.initializer}
+        first = next(node for node in graph.node if "images" in node.input)
+        second = next(node for node in graph.node if first.output[0] in node.input)
+        return [(node.op_type, [constants.get(name, "input") for name in node.input]) for node in (first, second)]
+    float_graph, int8_graph = (onnx.load(path).graph for path in (float_path, tmp_path / "student_int8.onnx"))
+    assert contract(int8_graph) == contract(float_graph)
+    assert normalization(int8_graph) == normalization(float_graph) == [
+        ("Sub", ["input", pytest.approx(0.1307)]), ("Div", ["input", pytest.approx(0.3081)])]
