@@ -103,10 +103,13 @@ def _compare(float_session, int8_session, test: Iterable[tuple[np.ndarray, np.nd
 
 
 def _sessions(*models: bytes) -> list:
-    """onnxruntime CPU sessions of ``models``, all with the same options."""
+    """onnxruntime CPU sessions of ``models``, all with the same options: one thread, the
+    caller's, so that latency is one core's work, measurable in that thread's CPU time
+    (``onnx_latency``) however busy the machine is with other sites or programs."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
     return [onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"]) for model in models]
 
 

@@ -39,7 +39,8 @@ def ratio(value: float) -> str:
 
 
 def milliseconds(value: float) -> str:
-    return f"{value:.3f} ms"
+    # small students answer in microseconds: "0.000 ms" would say nothing
+    return f"{value:.3f} ms" if value >= 0.1 else f"{1000 * value:.2f} µs"
 
 
 def points(value: float) -> str:
@@ -187,8 +188,9 @@ def _int8(metrics: dict) -> str:
             "(static, QDQ, weights per output channel), its activation ranges calibrated on "
             f"{number(int8['calibration_samples'])} of this site's training images, which never left the site. It "
             f"takes the same input as `{files.STUDENT_ONNX}`. Both ran in onnxruntime with the same session options "
-            f"on this site's {number(int8['test_samples'])} test images; latency is the fastest of repeated runs, "
-            "the two models taking turns.\n\n" + _table(header, rows, "lrrr") + "\n\n")
+            f"(one thread) on this site's {number(int8['test_samples'])} test images; latency is the fastest of "
+            "repeated runs on random images, the two models taking turns, in CPU time of that thread (so "
+            "other programs on this machine do not count).\n\n" + _table(header, rows, "lrrr") + "\n\n")
     if _int8_too_costly(int8):
         text += _int8_cost(int8)
     else:

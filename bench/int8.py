@@ -3,9 +3,9 @@
 Each student (untrained, seed 0: weights do not change size or speed) is exported to ONNX and
 quantized by the app's own code (``app.exports.export_onnx``, ``app.quantization.export_int8``:
 static QDQ, per-channel int8 weights, calibrated on 256 random [0, 1] images), the way every site
-does after the last round. Latencies are onnxruntime's, fastest of repeated runs, float and int8
-taking turns (``app.profile.onnx_latency``). Accuracy is not measured here: it needs a trained
-student; every run's report.md has it.
+does after the last round. Latencies are onnxruntime's (one thread, timed in its CPU time),
+fastest of repeated runs, float and int8 taking turns (``app.profile.onnx_latency``). Accuracy
+is not measured here: it needs a trained student; every run's report.md has it.
 
     python -m bench.int8 [--students mnist_cnn_student.py,mnist_mlp_student.py] [--results FILE]
 """
@@ -83,8 +83,9 @@ def main(argv: list[str]) -> int:
         return 2
     with tempfile.TemporaryDirectory() as folder:
         rows = [measure(student, Path(folder)) for student in students]
-    text = (table(rows) + "\n\nsizes in bytes; latency in ms per image (onnxruntime, fastest of repeated runs, "
-            "float and int8 taking turns); size, speed: int8 / float and float / int8 (> 1: int8 faster); "
+    text = (table(rows) + "\n\nsizes in bytes; latency in ms per image (onnxruntime, one thread, its CPU time, "
+            "fastest of repeated runs, float and int8 taking turns); size: int8 / float; speed: float / int8 "
+            "(> 1: int8 faster); "
             "int8 step: quantization, test check and latency measurement, as at the end of a run\n"
             + " ".join(f"size_ratio_{Path(row['student']).stem}="
                        f"{row['int8']['size_bytes'] / row['int8']['float_onnx']['size_bytes']:.2f}" for row in rows))

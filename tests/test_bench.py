@@ -1,4 +1,4 @@
-"""Smoke tests of bench.kd_throughput, run as a subprocess with tiny settings.
+"""Smoke tests of bench.kd_throughput and bench.int8, run as subprocesses with tiny settings.
 
 They check the script's contract (last line, results file, data fallback, clear failure),
 never the size of the measured figures: wall-clock numbers are not asserted anywhere.
@@ -67,3 +67,22 @@ def test_no_data_anywhere_fails_with_a_message_naming_both_places(tmp_path):
     assert f"{tmp_path / 'none'}/c*/train.npz" in message and "Pass --mnist-dir" in message
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "table.txt").exists()
+
+
+def test_int8_bench_prints_a_row_per_student_and_the_size_ratios(tmp_path):
+    results = tmp_path / "int8.txt"
+    done = subprocess.run([sys.executable, "-m", "bench.int8", "--students", "mnist_mlp_student.py",
+                           "--results", str(results)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("mnist_mlp_student.py")).split()
+    float_size, int8_size = (int(cell.replace(",", "")) for cell in row[2:4])
+    assert row[1] == "50,890" and float(row[4]) == round(int8_size / float_size, 2) <= 0.35
+    assert re.fullmatch(r"size_ratio_mnist_mlp_student=(\d\.\d\d)", lines[-1]).group(1) == row[4]
+    assert results.read_text() == done.stdout
+
+
+def test_int8_bench_names_an_unknown_student():
+    done = subprocess.run([sys.executable, "-m", "bench.int8", "--students", "nope.py"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "no such student in" in done.stderr and "nope.py" in done.stderr
