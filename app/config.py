@@ -81,6 +81,17 @@ class DPConfig(BaseModel):
         return self
 
 
+class LogicConfig(BaseModel):
+    """Where the datasets are: in the input folder (file), or one cross-validation fold per sub-folder
+    of ``dir`` (directory), as fc-deep-learning's ``logic`` key says it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["file", "directory"] = _field("file", "one of: file, directory")
+    dir: str = _field(".", "the name of a folder inside the input folder (its sub-folders are the folds)",
+                      min_length=1)
+
+
 class KDConfig(BaseModel):
     """Validated settings of one site. Defaults follow the original FeatureCloud KD app."""
 
@@ -97,6 +108,7 @@ class KDConfig(BaseModel):
     test_dataset: str = _field("test_dataset.pth", "the name of a dataset file or folder", min_length=1)
     train_labels: str | None = _field(None, "the name of a .npy/.npz file with train_dataset's labels, or empty")
     test_labels: str | None = _field(None, "the name of a .npy/.npz file with test_dataset's labels, or empty")
+    logic: LogicConfig = _field(LogicConfig(), "a mapping with mode (file or directory) and dir")
     image_shape: ImageShape | None = _field(None, "a list of 2 or 3 whole numbers ≥ 1 ([C, H, W], [H, W, C] or "
                                                   "[H, W]: the shape flat image vectors are reshaped to), or empty")
 
@@ -256,7 +268,7 @@ def _describe(error: dict) -> str:
 
 def _schema_of(path: list[str]) -> type[BaseModel]:
     """The settings class a nested key lives in (``dp.epsilon`` lives in DPConfig)."""
-    return DPConfig if path == ["dp"] else KDConfig
+    return {"dp": DPConfig, "logic": LogicConfig}.get(".".join(path), KDConfig)
 
 
 def _problem_report(source: str, problems: list[str]) -> str:

@@ -144,15 +144,16 @@ class LabelsFile(NamedTuple):
 
 
 def load_dataset(path: Path, key: str, labels: LabelsFile | None = None,
-                 image_shape: Sequence[int] | None = None) -> Data:
-    """The dataset at ``path``; ``key`` is its config key, named in every error message.
+                 image_shape: Sequence[int] | None = None, root: Path | None = None) -> Data:
+    """The dataset at ``path``; ``key`` is its config key, named in every error message with the file's
+    path from ``root`` (its name alone by default).
 
     ``labels``: the labels of a ``.npy``/``.npz`` of images alone. ``image_shape``: the shape flat
     image vectors are reshaped to, in the order they were flattened ([C, H, W], [H, W, C], [H, W]).
     Object arrays in ``.npy``/``.npz`` files are unpickled: pass only the site's own files.
     """
     path = Path(path)
-    name = f"{key} '{path.name}'"
+    name = f"{key} '{_shown(path, root)}'"
     if path.is_dir():
         _refuse_labels_file(labels, name, "a folder of images (its sub-folders are the labels)")
         return _load_image_folder(path, name)
@@ -164,7 +165,8 @@ def load_dataset(path: Path, key: str, labels: LabelsFile | None = None,
         _refuse_labels_file(labels, name, "a .pt/.pth file")
         return _from_object(_torch_load(path, name), name, image_shape)
     if suffix in (".npz", ".npy"):
-        labels_path, labels_name = (labels.path, f"{labels.key} '{labels.path.name}'") if labels else (None, "")
+        labels_path, labels_name = (labels.path, f"{labels.key} '{_shown(labels.path, root)}'") if labels \
+            else (None, "")
         arrays = read_arrays(path, name, labels_path, labels_name)
         return _from_arrays(arrays.images, arrays.labels, name, image_shape)
     raise DataError(f"{name}: unsupported file type '{path.suffix}'. Supported: {SUPPORTED}. "
@@ -230,6 +232,13 @@ def _torch_load(path: Path, name: str) -> Any:
         raise unreadable(name, not_torch) from error
     except Exception as error:
         raise unreadable(name, first_line(error)) from error
+
+
+def _shown(path: Path, root: Path | None) -> str:
+    """``path`` as messages show it: from ``root`` (e.g. a fold's ``data/0/train.npy``), else its name."""
+    if root is not None and path.is_relative_to(root.resolve()):
+        return str(path.relative_to(root.resolve()))
+    return path.name
 
 
 def _refuse_labels_file(labels: LabelsFile | None, name: str, what: str) -> None:

@@ -62,8 +62,14 @@ def render_report(metrics: dict) -> str:
 def print_summary(outputs: dict[str, Path]) -> None:
     """The test-bed's closing table, from each site's metrics.json (in client order)."""
     all_metrics = {site: json.loads((folder / files.METRICS).read_text()) for site, folder in outputs.items()}
-    print("\n" + summary_table(all_metrics))
-    print(f"\nEach site's student, metrics, plots and report.md are in {_common_parent(outputs)}/<site>/.")
+    cross_validation = all("cross_validation" in metrics for metrics in all_metrics.values())
+    print("\n" + (cv_summary_table if cross_validation else summary_table)(all_metrics))
+    if cross_validation:
+        folder = next(iter(all_metrics.values()))["cross_validation"]["dir"]
+        print(f"\nEach site's cross-validation report.md is in {_common_parent(outputs)}/<site>/, every fold's "
+              f"student, metrics, plots and report.md in {_common_parent(outputs)}/<site>/{folder}/<fold>/.")
+    else:
+        print(f"\nEach site's student, metrics, plots and report.md are in {_common_parent(outputs)}/<site>/.")
 
 
 def _common_parent(outputs: dict[str, Path]) -> Path:
@@ -290,3 +296,79 @@ def _settings(metrics: dict) -> str:
     keys = ("max_iter", "local_epochs", "batch_size", "learning_rate", "optimizer", "temperature", "alpha",
             "loss", "seed")
     return "## Settings\n\n" + ", ".join(f"{key} {config[key]}" for key in keys) + "."
+
+
+def render_cv_report(metrics: dict) -> str:
+    """report.md at the top of a cross-validation run's output: the folds' accuracies, mean and spread."""
+    cv = metrics["cross_validation"]
+    folds = ", ".join(f"`{cv['dir']}/{fold}/`" for fold in cv["folds"])
+    mean, std = cv["mean"], cv["std"]
+    text = (f"# Cross-validation report: site {metrics['site']}\n\n"
+            f"{len(cv['folds'])} folds ({folds}) were trained in the same rounds: each fold's teacher and students "
+            "learned from that fold's training files only and were tested on its test files. The distilled student "
+            f"reaches **{_mean_std(mean, std, 'student_accuracy')}** (mean ± standard deviation over the folds) on "
+            f"this site's test files, the teacher {_mean_std(mean, std, 'teacher_accuracy')}. Each fold's folder "
+            f"holds its own student, metrics and `{files.REPORT}`.")
+    sections = [text, "## This site\n\n" + _cv_table(cv, with_sizes=True)]
+    if "federation" in cv:
+        federation = cv["federation"]
+        site_rows = [(site["site"],) + tuple(_mean_std(site["mean"], site["std"], key) for key in _cv_keys(cv))
+                     for site in federation["sites"]]
+        sections.append(f"## Federation ({len(federation['sites'])} sites)\n\nEach fold's accuracy over all sites, "
+                        "weighted by test-set size.\n\n" + _cv_table(federation, with_sizes=False)
+                        + "\n\nEvery site, mean ± standard deviation over the folds:\n\n"
+                        + _table(("site",) + _cv_headers(cv), site_rows, "l" + "r" * len(_cv_keys(cv))))
+    return "\n\n".join(sections) + "\n"
+
+
+def cv_summary_table(all_metrics: dict[str, dict]) -> str:
+    """The test-bed's closing table for cross-validation runs: one line per site and the federation's,
+    each accuracy as mean ± standard deviation over the folds."""
+    first = next(iter(all_metrics.values()))["cross_validation"]
+    keys = _cv_keys(first)
+    rows = [("site",) + _cv_headers(first)]
+    federation = None
+    for site, metrics in all_metrics.items():
+        cv = metrics["cross_validation"]
+        rows.append((site,) + tuple(_mean_std(cv["mean"], cv["std"], key) for key in keys))
+        federation = cv.get("federation", federation)
+    if federation is not None:
+        rows.append((f"all {len(federation['sites'])} sites",)
+                    + tuple(_mean_std(federation["mean"], federation["std"], key) for key in keys))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    lines.append(f"(mean ± standard deviation over {len(first['folds'])} folds of each site's test files"
+                 + ("; 'all sites' weights the sites by test-set size)" if federation is not None else ")"))
+    return "\n".join(lines)
+
+
+def _cv_keys(cv: dict) -> tuple[str, ...]:
+    baseline = any(row["baseline_accuracy"] is not None for row in cv["per_fold"])
+    return ("teacher_accuracy", "student_accuracy") + (("baseline_accuracy",) if baseline else ())
+
+
+def _cv_headers(cv: dict) -> tuple[str, ...]:
+    names = {"teacher_accuracy": "teacher", "student_accuracy": "distilled student",
+             "baseline_accuracy": "baseline student"}
+    return tuple(names[key] for key in _cv_keys(cv))
+
+
+def _cv_table(cv: dict, with_sizes: bool) -> str:
+    keys = _cv_keys(cv)
+    sizes = ("train images", "test images") if with_sizes else ("test images",)
+    rows = [(row["fold"],) + ((number(row["train_samples"]),) if with_sizes else ()) + (number(row["test_samples"]),)
+            + tuple(percent(row[key]) for key in keys) for row in cv["per_fold"]]
+    blank = ("",) * len(sizes)
+    rows.append(("**mean**",) + blank + tuple(percent(cv["mean"][key]) for key in keys))
+    rows.append(("**standard deviation**",) + blank + tuple(_spread(cv["std"][key]) for key in keys))
+    return _table(("fold",) + sizes + _cv_headers(cv), rows, "l" + "r" * (len(sizes) + len(keys)))
+
+
+def _mean_std(mean: dict, std: dict, key: str) -> str:
+    return percent(mean[key]) + ("" if std[key] is None else f" ± {_spread(std[key])}")
+
+
+def _spread(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"

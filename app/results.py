@@ -84,9 +84,11 @@ def site_summary(site: "Site", exported: dict) -> dict:
     return {**site.summary(), "int8_accuracy": exported.get("int8", {}).get("accuracy")}
 
 
-def write_outputs(site: "Site", federation: list[dict] | None = None, exported: dict | None = None) -> dict:
+def write_outputs(site: "Site", federation: list[dict] | None = None, exported: dict | None = None,
+                  publish: bool = True) -> dict:
     """Write this site's outputs; ``federation`` (coordinator only) holds every site's summary,
-    ``exported`` what ``export_student`` returned if it ran already."""
+    ``exported`` what ``export_student`` returned if it ran already. ``publish=False`` leaves the
+    outputs in ``unfinished/`` for the caller to publish with others."""
     out = site.output_dir / checkpoint.UNFINISHED
     if exported is None:
         exported = export_student(site)
@@ -124,7 +126,8 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     files.write_text(out / files.REPORT, render_report(metrics))
     site.log(f"outputs written to {site.output_dir}")
     files.write_text(out / files.LOG, "\n".join(site.log_lines) + "\n")
-    checkpoint.finish(site.output_dir)
+    if publish:
+        checkpoint.finish(site.output_dir)
     return metrics
 
 

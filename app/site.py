@@ -102,28 +102,32 @@ class Site:
 
     # ------------------------------------------------------------------ set-up
     @classmethod
-    def load(cls, input_dir: Path, output_dir: Path, name: str,
-             log: Callable[[str], None] = print) -> "Site":
-        """Read config, data and model files and dry-run one batch through both models."""
+    def load(cls, input_dir: Path, output_dir: Path, name: str, log: Callable[[str], None] = print,
+             data_dir: Path | None = None, teacher: torch.nn.Module | None = None) -> "Site":
+        """Read config, data and model files and dry-run one batch through both models.
+
+        ``data_dir``: the folder of the datasets (a cross-validation fold's; the input folder by
+        default). ``teacher``: a frozen teacher another fold of this site loaded already."""
         config = load_config(input_dir / CONFIG_FILE)
         device = resolve_device(config.device)
 
-        def path_of(key: str) -> Path:
-            return resolve_input(input_dir, getattr(config, key), key)
+        def path_of(key: str, folder: Path = input_dir) -> Path:
+            return resolve_input(folder, getattr(config, key), key)
 
         def dataset(role: str) -> Data:
             labels = f"{role}_labels"
-            return load_dataset(path_of(f"{role}_dataset"), f"{role}_dataset",
-                                LabelsFile(path_of(labels), labels) if getattr(config, labels) else None,
-                                config.image_shape)
+            return load_dataset(path_of(f"{role}_dataset", data_dir or input_dir), f"{role}_dataset",
+                                LabelsFile(path_of(labels, data_dir or input_dir), labels)
+                                if getattr(config, labels) else None, config.image_shape, root=input_dir)
 
         train, test = dataset("train"), dataset("test")
         check_compatible(train, test)
         torch.manual_seed(config.seed)   # an untrained teacher and the student start alike everywhere
-        teacher = build_model(path_of("teacher_model"), config.teacher_args, "teacher_model")
+        if teacher is None:
+            teacher = build_model(path_of("teacher_model"), config.teacher_args, "teacher_model")
+            if config.teacher_weights:
+                load_weights(teacher, path_of("teacher_weights"), "teacher_weights")
         student = build_model(path_of("student_model"), config.student_args, "student_model")
-        if config.teacher_weights:
-            load_weights(teacher, path_of("teacher_weights"), "teacher_weights")
         num_classes = agreed_classes(teacher, student, train, test, (config.teacher_model, config.student_model))
         site = cls(name, input_dir, output_dir, config, teacher.to(device), student.to(device),
                    train, test, num_classes, device, log)

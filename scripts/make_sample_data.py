@@ -1,12 +1,16 @@
 """Regenerate sample_data/ from the MNIST IDX files.
 
-    python -m scripts.make_sample_data [--clients 2] [--split iid|dirichlet] [--dirichlet-alpha 0.5]
+    python -m scripts.make_sample_data [--clients 2] [--split iid|dirichlet] [--dirichlet-alpha 0.5] [--folds K]
 
 Writes, from real MNIST:
   generic/  config.yml, teacher.py, student.py (copies of the model zoo's MNIST pair)
             and teacher.pt, the teacher trained here on MNIST training images that no
             client receives (as if it had been pretrained elsewhere)
-  c1/, c2/, ...  train.npz and test.npz (uint8 images [N,28,28], int64 labels), disjoint
+  c1/, c2/, ...  train.npz and test.npz (uint8 images [N,28,28], int64 labels), disjoint;
+            with --folds K instead each site's images (training and test together) as FeatureCloud's
+            Cross-Validation app leaves them for the next app of a Workflow: data/0/ ... data/K-1/,
+            each with train.npy and test.npy in the same-sep layout, and a config.yml that reads
+            them in directory mode
 
 Everything is seeded: the same arguments give the same files.
 """
@@ -39,13 +43,11 @@ CONFIG = """\
 # Sample federation: real MNIST split over {clients} sites ({split}).
 # Regenerate with: python -m scripts.make_sample_data {arguments}
 # Every key is explained in the config.yml at the top of the repository.
-fc_knowledge_distillation:
+{other_apps}fc_knowledge_distillation:
   teacher_model: teacher.py
   student_model: student.py
   teacher_weights: teacher.pt
-  train_dataset: train.npz
-  test_dataset: test.npz
-  max_iter: 6
+{data}  max_iter: 6
   local_epochs: 1
   batch_size: 32
   learning_rate: 0.004
@@ -53,6 +55,35 @@ fc_knowledge_distillation:
   alpha: 0.8
   loss: kl
   seed: 0
+"""
+
+
+FILES = """\
+  train_dataset: train.npz
+  test_dataset: test.npz
+"""
+FOLDS = """\
+  train_dataset: train.npy       # in every fold folder, as Cross-Validation's result names them
+  test_dataset: test.npy
+  logic:                         # fc-deep-learning's convention: one sub-folder of data/ per fold
+    mode: directory
+    dir: data
+"""
+# In a Workflow one config.yml holds every app's section; this app keeps the others in its output.
+CROSS_VALIDATION = """\
+# The Cross-Validation app's settings that write this layout (kept, not read, by this app).
+fc_cross_validation:
+  local_dataset:
+    data: data.npy
+    target_value: same-sep
+  n_splits: {folds}
+  shuffle: true
+  stratify: false
+  random_state: {seed}
+  split_dir: data
+  result:
+    train: train.npy
+    test: test.npy
 """
 
 
@@ -75,8 +106,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="MNIST training images used only to train the teacher (default: %(default)s)")
     parser.add_argument("--teacher-epochs", type=int, default=3,
                         help="epochs of teacher training (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="write each site's images as this many cross-validation folds (data/<k>/train.npy, "
+                             "test.npy) as FeatureCloud's Cross-Validation app does; 0: train.npz, test.npz "
+                             "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and the teacher (default: %(default)s)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.folds == 1 or args.folds < 0:
+        parser.error(f"--folds {args.folds}: cross-validation needs at least 2 folds (0 writes no folds)")
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -102,14 +140,20 @@ def main(argv: list[str]) -> int:
     shutil.copyfile(TEACHER_FILE, generic / "teacher.py")
     shutil.copyfile(STUDENT_FILE, generic / "student.py")
     arguments = " ".join(argv) if argv else "(defaults)"
+    other_apps = CROSS_VALIDATION.format(folds=args.folds, seed=args.seed) if args.folds else ""
     (generic / "config.yml").write_text(CONFIG.format(clients=args.clients, split=describe(args),
-                                                      arguments=arguments))
+                                                      arguments=arguments, other_apps=other_apps,
+                                                      data=FOLDS if args.folds else FILES))
     for site in range(args.clients):
         folder = args.out / f"c{site + 1}"
         folder.mkdir(parents=True, exist_ok=True)
         train_idx, test_idx = client_pool[train_parts[site]], test_parts[site]
-        save_npz(folder / "train.npz", x_train[train_idx], y_train[train_idx])
-        save_npz(folder / "test.npz", x_test[test_idx], y_test[test_idx])
+        if args.folds:
+            write_folds(folder / "data", np.concatenate([x_train[train_idx], x_test[test_idx]]),
+                        np.concatenate([y_train[train_idx], y_test[test_idx]]), args.folds, args.seed + site)
+        else:
+            save_npz(folder / "train.npz", x_train[train_idx], y_train[train_idx])
+            save_npz(folder / "test.npz", x_test[test_idx], y_test[test_idx])
         counts = np.bincount(y_train[train_idx], minlength=10)
         print(f"c{site + 1}: {len(train_idx)} train, {len(test_idx)} test; train labels per class {counts.tolist()}")
 
@@ -123,6 +167,26 @@ def describe(args: argparse.Namespace) -> str:
 
 def save_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     np.savez_compressed(path, images=images, labels=labels)
+
+
+def write_folds(folder: Path, images: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> None:
+    """``folds`` shuffled folds of the images: fold k tests on the k-th part and trains on the others,
+    saved as Cross-Validation saves .npy files with target_value same-sep."""
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(labels)), folds)
+    for k, test_idx in enumerate(parts):
+        train_idx = np.sort(np.concatenate([part for j, part in enumerate(parts) if j != k]))
+        (folder / str(k)).mkdir(parents=True, exist_ok=True)
+        save_same_sep(folder / str(k) / "train.npy", images[train_idx], labels[train_idx])
+        save_same_sep(folder / str(k) / "test.npy", images[np.sort(test_idx)], labels[np.sort(test_idx)])
+
+
+def save_same_sep(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """What Cross-Validation's save_numpy writes for same-sep: np.array([features, labels]), where
+    features is an object array holding each image (its DataFrame column of images)."""
+    features = np.empty(len(images), dtype=object)
+    for index, image in enumerate(images):
+        features[index] = image
+    np.save(path, np.array([features, labels]))
 
 
 def train_teacher(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray,

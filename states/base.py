@@ -13,8 +13,8 @@ from FeatureCloud.app.engine.app import AppState, DPNoisetype, State
 
 from app.checkpoint import write_error
 from app.errors import ERROR_MARKER, KDError, first_line
+from app.folds import Folds
 from app.results import federation_summary
-from app.site import Site
 from web.status import StatusBoard
 
 MAX_MESSAGE = 40   # the engine rejects longer status messages
@@ -58,7 +58,8 @@ class KDState(AppState):
             raise
 
     @property
-    def site(self) -> Site:
+    def site(self) -> Folds:
+        """This site: its folds (one, the site itself, unless cross-validation folds are used)."""
         return self.load("site")
 
     def progress(self, message: str, done_steps: float, **page: object) -> None:
@@ -97,7 +98,7 @@ class KDState(AppState):
         if self.is_coordinator:
             received = (self.aggregate_data(use_smpc=True, use_dp=wire.dp, memo=update) if wire.smpc
                         else self.gather_data(use_dp=wire.dp, memo=update))
-            self.store("summaries", wire.summaries(received))
+            self.store("summaries", site.summaries(received))
             self.broadcast_data(site.aggregate(received, sites=len(self.clients)), memo=f"{memo}_global")
         return self.await_data(memo=f"{memo}_global")
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 from FeatureCloud.app.engine.app import Role, app_state
 
 from app.files import REPORT
-from app.results import export_student, site_summary, write_outputs
-from app.site import Site
+from app.folds import Folds
 from states.base import BOARD, PATHS, RESULTS_SHARE, KDState
 
 
@@ -26,7 +25,7 @@ class InitialState(KDState):
 
     def step(self) -> str:
         self.report("checking config, models, data", 0.0)
-        site = Site.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.site_log)
+        site = Folds.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.site_log)
         self.store("site", site)
         BOARD.publish(site=site.name, coordinator=self.is_coordinator, rounds_total=site.config.max_iter)
         self.configure_privacy()
@@ -89,13 +88,13 @@ class WriteResultsState(KDState):
     def step(self) -> str:
         site = self.site
         self.report("writing results", 1 - RESULTS_SHARE)
-        exported = export_student(site)   # first: the summary carries the int8 model's accuracy
+        exported = site.export_students()   # first: the summary carries the int8 model's accuracy
         if self.is_coordinator:
-            self.send_data_to_coordinator(site_summary(site, exported), memo="done")
-            metrics = write_outputs(site, federation=self.gather_data(memo="done"), exported=exported)
+            self.send_data_to_coordinator(site.done_summary(exported), memo="done")
+            metrics = site.write_outputs(federation=self.gather_data(memo="done"), exported=exported)
         else:
-            metrics = write_outputs(site, exported=exported)
-            self.send_data_to_coordinator(site_summary(site, exported), memo="done")
+            metrics = site.write_outputs(exported=exported)
+            self.send_data_to_coordinator(site.done_summary(exported), memo="done")
         self.report("done", 1.0)
         BOARD.finish(metrics, site.output_dir, REPORT)
         return "terminal"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from scripts.make_sample_data import write_folds
 from testbed.controller import Timeouts, run_federation
 from tests.conftest import REPO, SAMPLE, cut_site, generic_dir, sample_config, write_config
 
@@ -115,6 +117,23 @@ def same_last_rows_with_a_wrong_image_shape(sites: Sites) -> None:
         images, labels = archive["images"], archive["labels"]
     np.save(sites.bad / "train.npy", [np.append(image, label) for image, label in zip(images, labels)])
     write_config(sites.bad, {**BASE, "train_dataset": "train.npy", "image_shape": [1, 32, 32]})
+
+
+def as_folds(sites: Sites, lacking: tuple[str, str] | None = None) -> None:
+    """Both sites' data as 3 Cross-Validation folds (data/0..2/train.npy, test.npy), read in directory
+    mode; ``lacking``: the (fold, file) the bad site lacks, "*" for the whole fold."""
+    for folder in (sites.bad, sites.good):
+        with np.load(folder / "train.npz") as archive:
+            write_folds(folder / "data", archive["images"], archive["labels"], 3, seed=0)
+    write_config(sites.generic, {**BASE, "train_dataset": "train.npy", "test_dataset": "test.npy",
+                                 "logic": {"mode": "directory", "dir": "data"}})
+    if lacking is None:
+        return
+    fold, file = lacking
+    if file == "*":
+        shutil.rmtree(sites.bad / "data" / fold)
+    else:
+        (sites.bad / "data" / fold / file).unlink()
 
 
 def config_only_at_the_good_site(sites: Sites) -> None:
@@ -309,6 +328,14 @@ CASES = [
     Case("nan-in-images", dataset("train.npz", lambda x, y: (set_at(x.astype(np.float32) / 255, 9, np.nan), y)),
          ("train_dataset 'train.npz': images contain 784 NaN or infinite values, the first in image 9",
           "Replace them with finite numbers"), site="site1"),
+    # cross-validation folds
+    Case("folds-differ-between-sites", lambda sites: as_folds(sites, lacking=("2", "*")),
+         ("site site2: folds in data/ (0, 1) differ from the coordinator's (0, 1, 2): fold '2' of the coordinator "
+          "is missing here", "Every site needs the same folds")),
+    Case("fold-without-training-file", lambda sites: as_folds(sites, lacking=("1", "train.npy")),
+         ("site site1: fold '1' has no training file: train_dataset 'data/1/train.npy' does not exist "
+          "(data/1/ holds: test.npy)", "Every fold folder needs the training and test files under the same names"),
+         site="site1"),
     # training
     Case("learning-rate-diverges", diverging_training,
          ("training the student diverged: the loss became nan", "with learning_rate 10",

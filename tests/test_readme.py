@@ -3,6 +3,7 @@ import re
 
 import pytest
 import torch
+from pydantic import BaseModel
 
 from app.config import KDConfig
 from tests.conftest import REPO
@@ -41,6 +42,8 @@ def test_config_table_lists_every_key_with_its_default():
             expected = "none"
         elif isinstance(default, bool):
             expected = f"`{str(default).lower()}`"
+        elif isinstance(default, BaseModel):   # a nested section, shown as YAML's flow mapping
+            expected = "`{" + ", ".join(f"{k}: {v}" for k, v in default.model_dump().items()) + "}`"
         else:
             expected = f"`{default}`"
         assert shown == expected, f"{key}: README says {shown}, the default is {default!r}"
