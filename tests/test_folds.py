@@ -29,9 +29,9 @@ PER_SITE = 72   # 3 folds of 48 training and 24 test images
 LOGIC = {"mode": "directory", "dir": "data"}
 CROSS_VALIDATION = {"local_dataset": {"data": "data.npy", "target_value": "same-sep"}, "n_splits": 3,
                     "split_dir": "data", "result": {"train": "train.npy", "test": "test.npy"}}
-FOLD_FILES = ("student.pt", "student_torchscript.pt", "student.onnx", "baseline_student.pt", "checkpoint.pt",
-              "metrics.json", "rounds.csv", "accuracy.png", "loss.png", "confusion_matrix.png", "report.md",
-              "config.yml", "log.txt")
+FOLD_FILES = ("student.pt", "student_torchscript.pt", "student.onnx", "student_int8.onnx", "baseline_student.pt",
+              "checkpoint.pt", "metrics.json", "rounds.csv", "accuracy.png", "loss.png", "confusion_matrix.png",
+              "report.md", "config.yml", "log.txt")
 
 
 def fold_site(folder: Path, source: str, part: int = 0) -> Path:
