@@ -73,10 +73,10 @@ def int8_line(result: dict) -> str:
     """One log line on the int8 model."""
     if not result["exported"]:
         return f"{files.STUDENT_INT8_ONNX}: not written ({result['error']})"
+    size_ratio = result["size_bytes"] / result["float_onnx"]["size_bytes"]
     return (f"{files.STUDENT_INT8_ONNX}: test accuracy {result['accuracy']:.4f} (float ONNX "
-            f"{result['float_onnx']['accuracy']:.4f}), {result['size_bytes'] / result['float_onnx']['size_bytes']:.2f}"
-            f" of its size, calibrated on {result['calibration_samples']} training images; "
-            f"quantized and measured in {result['seconds']:.1f}s")
+            f"{result['float_onnx']['accuracy']:.4f}), {size_ratio:.2f}x the float file's size, calibrated on "
+            f"{result['calibration_samples']} training images; quantized and measured in {result['seconds']:.1f}s")
 
 
 def site_summary(site: "Site", exported: dict) -> dict:
