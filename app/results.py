@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,6 +25,7 @@ from app.profile import summarize
 from app.report import render_report
 
 if TYPE_CHECKING:
+    from app.data import Batch, Data
     from app.site import Site
 
 ONNX_CHECK_SAMPLES = 64
@@ -34,7 +36,7 @@ def export_student(site: "Site") -> dict:
     ``quantize``, its int8 version), each with its check: the part of the outputs that
     ``site_summary`` reports to the coordinator, so made before the rest."""
     out = site.output_dir / checkpoint.UNFINISHED
-    _, check_images, _ = next(iter(site.test.batches(ONNX_CHECK_SAMPLES)))
+    _, check_images, _ = next(deployed_batches(site.test, ONNX_CHECK_SAMPLES))
     cpu_student = copy.deepcopy(site.student).cpu()   # exported on the CPU, whatever trained it
     files.save_state_dict(site.student.state_dict(), out / files.STUDENT_WEIGHTS)
     exported = {"torchscript": exports.export_torchscript(cpu_student, check_images[:1],
@@ -45,14 +47,22 @@ def export_student(site: "Site") -> dict:
     return exported
 
 
+def deployed_batches(data: "Data", batch_size: int, **options) -> Iterator[Batch]:
+    """Batches of ``data`` as the exported models take them (``Data.batches`` options), for every
+    check of an export and for the int8 calibration: those models must see what a deployment
+    gives them, so all of them take their images from here."""
+    return iter(data.batches(batch_size, **options))
+
+
 def _export_int8(site: "Site", out) -> dict:
     """student.onnx quantized, calibrated on up to CALIBRATION_SAMPLES of the site's training
     images (a seeded random choice: files sorted by class must not calibrate on one class)."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(site.config.seed)
-    _, calibration, _ = next(iter(site.train.batches(quantization.CALIBRATION_SAMPLES, shuffle=True,
-                                                     generator=generator)))
-    test = ((images.numpy(), labels.numpy()) for _, images, labels in site.test.batches(quantization.CHECK_BATCH))
+    _, calibration, _ = next(deployed_batches(site.train, quantization.CALIBRATION_SAMPLES, shuffle=True,
+                                              generator=generator))
+    test = ((images.numpy(), labels.numpy())
+            for _, images, labels in deployed_batches(site.test, quantization.CHECK_BATCH))
     result = with_accuracy_change(quantization.export_int8(out / files.STUDENT_ONNX, calibration.numpy(), test,
                                                            out / files.STUDENT_INT8_ONNX))
     result["seconds"] = time.perf_counter() - started
