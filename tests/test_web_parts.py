@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from scripts.browser import get
@@ -113,3 +114,15 @@ def test_keep_pages_holds_every_client_until_ctrl_c_then_stops_them(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert (federation.output / "c1" / "round1.json").exists()
+
+
+def test_plain_updates_carry_the_sites_summary_private_ones_carry_numbers_only():
+    from app.transport import Wire
+    models = {"student": {"w": np.ones(3, dtype=np.float32)}}
+    summary = {"site": "c2", "test_samples": 200, "rounds": [{"round": 1, "accuracy": 0.9}]}
+    plain = Wire().encode("c2", models, 600, models, summary=summary)
+    assert Wire().summaries([plain]) == [summary]
+    for wire in (Wire(smpc=True), Wire(dp=True)):
+        update = wire.encode("c2", models, 600, models, summary=summary)
+        assert isinstance(update, list) and all(isinstance(value, float) for value in update)
+        assert wire.summaries([update]) == []
