@@ -76,7 +76,8 @@ class StatusBoard:
         self.images = images
         self.report_html = to_html(report, lambda name: f"files/{name}" if name in images else None).encode()
         self.publish(phase="done", message="done", progress=1.0, eta_seconds=0.0, metrics=metrics,
-                     rounds=metrics["rounds"], federation=metrics.get("federation"), report=True)
+                     rounds=metrics["rounds"], teacher=metrics["teacher"], federation=metrics.get("federation"),
+                     report=True)
 
 
 def _encode(snapshot: dict) -> bytes:
