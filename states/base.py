@@ -45,7 +45,13 @@ class KDState(AppState):
 
     def run(self) -> str:
         try:
-            return self.step()
+            BOARD.publish(state=self.name)
+            target = self.step()
+            # The engine enters ``target`` as soon as this returns (our transitions are named after their
+            # targets): the page's state follows at once, so the test-bed can tell the engine's placeholder
+            # message (the new state's name) from the app's own.
+            BOARD.publish(state=target)
+            return target
         except KDError as error:
             message = f"site {self.id}: {error}"
             print(f"{ERROR_MARKER} {json.dumps(message)}", flush=True)
@@ -73,7 +79,7 @@ class KDState(AppState):
         """Tell the controller and the page; ``page`` holds further fields for the page only."""
         fraction = min(max(fraction, 0.0), 1.0)
         self.update(message=message[:MAX_MESSAGE], progress=fraction, state=State.RUNNING)
-        BOARD.progress(PHASES[self.name], message, fraction, measured=measured, state=self.name, **page)
+        BOARD.progress(PHASES[self.name], message, fraction, measured=measured, **page)
 
     def publish_federation(self, summaries: list[dict]) -> None:
         """Coordinator: every site's accuracy per round as far as it is known here (its own up to this

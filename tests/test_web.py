@@ -160,6 +160,10 @@ def test_simulate_prints_each_sites_page_url_when_it_starts(run):
         announced = next(i for i, line in enumerate(lines) if re.match(pattern, line))
         first_status = next(i for i, line in enumerate(lines) if line.startswith(f"[{site}]") and "%" in line)
         assert announced < first_status
+    # The engine's placeholder between two states (the new state's name) is told apart through status.json.
+    placeholders = re.findall(r"^\[site\d\s*\]\s+(?:\d+%|-)\s+(?:initial|teacher|distill|write_results)$",
+                              run.progress, re.M)
+    assert not placeholders, run.progress
 
 
 def test_the_page_mid_run_shows_the_round_and_the_accuracy_so_far(run):
