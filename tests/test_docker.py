@@ -149,8 +149,10 @@ def test_one_client_federation_runs_to_finished_through_nginx(tmp_path):
         assert final["finished"] and final["state"] != "error", f"{final}\n{container.logs()[-3000:]}"
         assert memos, "the coordinator's broadcasts never came out through GET /data"
 
-        # nginx: port 9001 reaches the web UI, and large bodies pass (client_max_body_size 0)
-        assert container.request("/", base=container.web).decode().startswith("State: ")
+        # nginx: port 9001 reaches the live page and its status, and large bodies pass (client_max_body_size 0)
+        assert container.request("/", base=container.web).decode().startswith("<!DOCTYPE html>")
+        page_status = json.loads(container.request("/status.json", base=container.web))
+        assert page_status["phase"] == "done" and page_status["state"] == "terminal"
         assert container.request("/data?client=2&memo=bulk", body=os.urandom(8 * 2**20)) == b""
         container_id = container.id
     assert not container_exists(container_id)

@@ -59,7 +59,8 @@ def test_the_board_serves_only_regular_report_images_directly_in_the_output(tmp_
     names = ["accuracy.png", "link.png", "../secret.png", "sub/deep.png", "/etc/passwd", "notes.txt", "gone.png"]
     (out / "report.md").write_text("# r\n\n" + "\n".join(f"![{name}]({name})" for name in names) + "\n")
     board = StatusBoard()
-    board.finish({"rounds": [{"round": 1, "accuracy": 0.5}], "site": "c1"}, out, "report.md")
+    board.finish({"rounds": [{"round": 1, "accuracy": 0.5}], "teacher": {"accuracy": 0.9}, "site": "c1"},
+                 out, "report.md")
     assert board.images == {"accuracy.png": b"\x89PNG accuracy"}
     assert re.findall(r'src="([^"]+)"', board.report_html.decode()) == ["files/accuracy.png"]
     status = board.snapshot()
