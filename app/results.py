@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -102,7 +103,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     out = site.output_dir / checkpoint.UNFINISHED
     if exported is None:
         exported = export_student(site)
-    teacher_size = summarize(site.teacher, site.train.sample_shape).as_dict()
+    teacher_size = teacher_summary(site.teacher, site.train.sample_shape)
     student_size = summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
     metrics = {
         "site": site.name,
@@ -139,6 +140,18 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     if publish:
         checkpoint.finish(site.output_dir)
     return metrics
+
+
+def teacher_summary(teacher: torch.nn.Module, sample_shape: tuple[int, ...]) -> dict:
+    """``summarize`` of the teacher, measured once per teacher and image shape: cross-validation folds
+    share one frozen teacher, whose latency would otherwise be measured again for every fold."""
+    measured = _TEACHER_SUMMARIES.setdefault(teacher, {})
+    if sample_shape not in measured:
+        measured[sample_shape] = summarize(teacher, sample_shape).as_dict()
+    return measured[sample_shape]
+
+
+_TEACHER_SUMMARIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def teacher_source(site: "Site") -> str:

@@ -17,8 +17,10 @@ import pytest
 import torch
 import yaml
 
+from app import results
 from app.errors import ConfigError
 from app.folds import Folds
+from app.profile import ModelSummary
 from app.report import cv_summary_table
 from scripts.make_sample_data import write_folds
 from testbed.controller import run_federation
@@ -151,6 +153,17 @@ def test_a_teacher_from_teacher_weights_serves_every_fold(tmp_path):
     folds = Folds.load(folder, tmp_path / "out", "site1", log=lambda message: None)
     assert len({id(site.teacher) for site in folds.sites.values()}) == 1   # loaded once, frozen, shared
     assert [site.output_dir for site in folds.sites.values()] == [tmp_path / "out" / "data" / f for f in FOLDS]
+
+
+def test_a_shared_teacher_is_measured_once(monkeypatch):
+    calls = []
+    summary = ModelSummary(1, 2, 3, 4, 5, 6)
+    monkeypatch.setattr(results, "summarize", lambda model, shape: calls.append(shape) or summary)
+    teacher, other = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+    for model in (teacher, teacher, other):
+        assert results.teacher_summary(model, (1, 2, 2))["parameters"] == 1
+    assert results.teacher_summary(teacher, (1, 3, 3))["size_bytes"] == 2
+    assert calls == [(1, 2, 2), (1, 2, 2), (1, 3, 3)]   # once per teacher and image shape
 
 
 def test_resuming_folds_from_a_checkpoint_is_refused_with_the_reason(tmp_path):
