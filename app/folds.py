@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 from app import checkpoint, cv_summary, files
 from app.report import render_cv_report
 from app.config import KDConfig, effective_document, load_config, read_document
-from app.errors import ConfigError, DataError, FederationError
+from app.errors import ConfigError, DataError, FederationError, KDError
 from app.results import export_student, federation_summary, site_summary, write_outputs
 from app.site import CONFIG_FILE, Site, resolve_input
 from app.training import Evaluation
@@ -93,9 +95,10 @@ class Folds:
         for fold in names:
             data_dir = folder / fold
             _check_training_file(config, input_dir, data_dir, fold)
-            site = Site.load(input_dir, output_dir / config.logic.dir / fold, name,
-                             log=lambda message, fold=fold: folds.log(f"fold {fold}: {message}"),
-                             data_dir=data_dir, teacher=teacher)
+            with _naming(fold):
+                site = Site.load(input_dir, output_dir / config.logic.dir / fold, name,
+                                 log=lambda message, fold=fold: folds.log(f"fold {fold}: {message}"),
+                                 data_dir=data_dir, teacher=teacher)
             if not (config.teacher_rounds or config.teacher_epochs):
                 teacher = site.teacher   # never trained here: one frozen teacher serves every fold
             folds.sites[fold] = site
@@ -117,34 +120,39 @@ class Folds:
         theirs, mine = plan["folds"], list(self.sites)
         if theirs != mine:
             raise FederationError(_folds_differ(self.name, mine, theirs, self.config.logic.dir))
-        for site in self.sites.values():
-            site.adopt_plan(plan)
+        self._each(lambda fold, site: site.adopt_plan(plan))
 
     # ----------------------------------------------------------------- rounds
     def teacher_round(self, round_index: int) -> Any:
-        return self._merge({fold: site.teacher_round(round_index) for fold, site in self.sites.items()})
+        return self._merge(self._each(lambda fold, site: site.teacher_round(round_index)))
 
     def apply_teacher(self, global_models: dict[str, Models], round_index: int) -> None:
-        for fold, site in self.sites.items():
-            site.apply_teacher(global_models[fold], round_index)
+        self._each(lambda fold, site: site.apply_teacher(global_models[fold], round_index))
 
     def prepare_teacher(self) -> Evaluation:
         """Every fold's teacher ready; its evaluation (with folds: mean accuracy and loss over the folds,
         the confusion matrix of all folds' test files together)."""
-        evaluations = [site.prepare_teacher() for site in self.sites.values()]
+        evaluations = list(self._each(lambda fold, site: site.prepare_teacher()).values())
         return evaluations[0] if not self.cross_validation else _mean_evaluation(evaluations)
 
     def train_round(self, round_index: int) -> Any:
-        return self._merge({fold: site.train_round(round_index) for fold, site in self.sites.items()})
+        return self._merge(self._each(lambda fold, site: site.train_round(round_index)))
 
     def aggregate(self, received: Any, sites: int) -> dict[str, Models]:
         """The coordinator's global models of every fold from what the controller delivered."""
         parts = self._split(received, summed=self.wire.smpc)
-        return {fold: site.aggregate(parts[fold], sites) for fold, site in self.sites.items()}
+        return self._each(lambda fold, site: site.aggregate(parts[fold], sites))
 
     def apply_global(self, global_models: dict[str, Models], round_index: int) -> None:
+        self._each(lambda fold, site: site.apply_global(global_models[fold], round_index))
+
+    def _each(self, step: Callable[[str, Site], Any]) -> dict[str, Any]:
+        """``step(fold, site)`` for every fold, in fold order; a user mistake met in one names its fold."""
+        done = {}
         for fold, site in self.sites.items():
-            site.apply_global(global_models[fold], round_index)
+            with _naming(fold):
+                done[fold] = step(fold, site)
+        return done
 
     def summary(self) -> dict:
         """This site's figures so far (with folds: the mean over the folds), for the live page."""
@@ -227,6 +235,17 @@ class Folds:
                 parts[fold].append(message[start:start + length])
                 start += length
         return {fold: part[0] if summed else part for fold, part in parts.items()}
+
+
+@contextmanager
+def _naming(fold: str) -> Iterator[None]:
+    """A user mistake (KDError) raised for one cross-validation fold says which fold."""
+    try:
+        yield
+    except KDError as error:
+        if fold == FILE_MODE:
+            raise
+        raise type(error)(f"fold '{fold}': {error}") from error
 
 
 def _mean(values: list) -> Any:

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from app import results
-from app.errors import ConfigError
+from app.errors import ConfigError, ModelError
 from app.folds import Folds
 from app.profile import ModelSummary
 from app.report import cv_summary_table
@@ -208,3 +208,16 @@ def test_each_fold_gets_its_own_part_of_the_message_back(tmp_path, wire):
             if value.is_floating_point() or "dp" not in wire:   # under DP counters keep their global value
                 torch.testing.assert_close(value.float(), trained[fold][key].float(), rtol=0, atol=1e-6)
     assert len({tuple(site.student.state_dict()["head.bias"].tolist()) for site in folds.sites.values()}) == 3
+
+
+def test_a_mistake_in_one_fold_names_the_fold(tmp_path):
+    folder = fold_site(tmp_path / "in", "c1")
+    fold_generic(folder)
+    path = folder / "data" / "2" / "test.npy"
+    images, labels = np.load(path, allow_pickle=True)
+    labels[3] = 12
+    np.save(path, np.array([images, labels]))
+    with pytest.raises(ModelError) as info:
+        Folds.load(folder, tmp_path / "out", "site1")
+    assert str(info.value).startswith("fold '2': teacher_model 'teacher.py': outputs 10 classes, but the labels "
+                                      "go up to 12")
