@@ -62,7 +62,7 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
                       if test_data is not None else None)
     for epoch in range(epochs):
         record = {"epoch": epoch + 1, **train_local(student, train_data, config, epochs=1, teacher_logits=logits,
-                                                    round_index=epoch, device=run_on)}
+                                                    round_index=epoch, rounds=epochs, device=run_on)}
         if test_data is not None:
             result = evaluate(student, test_data, classes, run_on)
             record.update(accuracy=result.accuracy, loss=result.loss)

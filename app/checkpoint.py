@@ -6,7 +6,8 @@ is left alone until this run has succeeded too. The final outputs are written
 there as well (files and the tensorboard/ folder); on success all of them move to ``<output>/``
 and ``unfinished/`` disappears; after a failure it stays, with ``error.txt``. A checkpoint holds tensors and numbers
 only (loadable with ``weights_only=True``); naming it in ``init_student``
-resumes after its round with the same result as an uninterrupted run.
+resumes after its round with the same result as an uninterrupted run; the coordinator's
+checkpoint also holds the server optimizer's state, which that needs.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ CHECKPOINT = "checkpoint.pt"
 ERROR = "error.txt"
 REPLACED = ".replaced"   # an earlier run's folders, removed with unfinished/
 FORMAT = "fc-knowledge-distillation checkpoint 1"
+SERVER = "server"   # the server optimizer's state (absent from checkpoints written before it existed)
 
 
-def write(output_dir: Path, round_number: int, models: Mapping[str, nn.Module]) -> Path:
+def write(output_dir: Path, round_number: int, models: Mapping[str, nn.Module], server: Mapping) -> Path:
+    """The global ``models`` after ``round_number`` rounds, and the ``server`` optimizer's state
+    (``ServerOptimizer.state_dict``: empty at a participant, which never steps it)."""
     path = output_dir / UNFINISHED / CHECKPOINT
-    files.save_state_dict({"format": FORMAT, "round": round_number,
+    files.save_state_dict({"format": FORMAT, "round": round_number, SERVER: server,
                            **{name: model.state_dict() for name, model in models.items()}}, path)
     return path
 

@@ -119,6 +119,8 @@ class KDConfig(BaseModel):
     optimizer: Literal["adam", "sgd"] = _training("adam", "one of: adam, sgd")
     momentum: Number = _training(0.9, "a number between 0 and 1 (used by sgd)", ge=0, lt=1)
     weight_decay: Number = _training(0.0, "a number ≥ 0", ge=0)
+    lr_schedule: Literal["constant", "cosine"] = _training("constant", "one of: constant, cosine")
+    lr_warmup: Number = _training(0.0, "a number from 0 to below 1: the share of the run spent warming up", ge=0, lt=1)
 
     temperature: Number = _training(2.0, "a number > 0 and ≤ 100", gt=0, le=100)
     alpha: Number = _training(0.5, "a number between 0 and 1", ge=0, le=1)
@@ -126,6 +128,13 @@ class KDConfig(BaseModel):
 
     aggregation: Literal["fedavg", "fedprox"] = _field("fedavg", "one of: fedavg, fedprox")
     mu: Number = _field(0.01, "a number ≥ 0 (FedProx's proximal weight)", ge=0)
+    server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = _field(
+        "fedavg", "one of: fedavg, fedavgm, fedadam, fedyogi")
+    server_learning_rate: Number = _field(1.0, "a number > 0 and ≤ 10", gt=0, le=10)
+    server_momentum: Number = _field(0.9, "a number between 0 and 1 (used by fedavgm)", ge=0, lt=1)
+    server_beta1: Number = _field(0.9, "a number between 0 and 1 (used by fedadam, fedyogi)", ge=0, lt=1)
+    server_beta2: Number = _field(0.99, "a number between 0 and 1 (used by fedadam, fedyogi)", ge=0, lt=1)
+    server_tau: Number = _field(0.001, "a number > 0 (used by fedadam, fedyogi)", gt=0)
     fedbn: bool = _field(False, "true or false", strict=True)
     use_smpc: bool = _field(False, "true or false", strict=True)
     smpc_exponent: WholeNumber = _field(8, "a whole number of decimal digits from 1 to 12", ge=1, le=12)

@@ -37,6 +37,7 @@ from app.data import Data, LabelsFile, check_compatible, load_dataset
 from app.errors import ConfigError, FederationError
 from app.model_checks import agreed_classes
 from app.model_files import build_model
+from app.server_optimizer import ServerOptimizer
 from app.weights import load_weights, state_signature
 from app.training import Evaluation, compute_logits, evaluate, resolve_device, train_local
 from app.transport import Models, Wire
@@ -81,6 +82,9 @@ class Site:
         self.local_keys = {"teacher": batchnorm_keys(teacher) if config.fedbn else set(),
                            "student": batchnorm_keys(student) if config.fedbn else set()}
         self.local_keys["baseline"] = self.local_keys["student"]
+        # The coordinator's optimizer over the students' rounds; teacher rounds stay plain FedAvg.
+        self.server = ServerOptimizer(config, {name: {key for key, p in model.named_parameters() if p.requires_grad}
+                                               - self.local_keys[name] for name, model in self.models.items()})
         self.previous: Models = {}   # the global models this round starts from (same at every site)
         self.train = train
         self.test = test
@@ -147,7 +151,9 @@ class Site:
         shared = self.shared_config()
         start = {"round": 0, "student": to_arrays(self.student.state_dict())}
         if self.config.init_student:
-            start = self._initial_student(resolve_input(self.input_dir, self.config.init_student, "init_student"))
+            path = resolve_input(self.input_dir, self.config.init_student, "init_student")
+            start = self._initial_student(path)
+            self._resume_server(start.pop(checkpoint.SERVER), start["round"], path)
         plan = {"coordinator": self.name, "config": shared,
                 "num_classes": self.num_classes, "signature": state_signature(self.student),
                 "first_round": start["round"],
@@ -163,7 +169,8 @@ class Site:
         if saved is None:
             probe = copy.deepcopy(self.student)
             load_weights(probe, path, "init_student")
-            return {"round": 0, "student": to_arrays(probe.state_dict())}
+            return {"round": 0, "student": to_arrays(probe.state_dict()), checkpoint.SERVER: None}
+        server = saved.pop(checkpoint.SERVER, None)
         if saved["round"] >= self.config.max_iter:
             raise ConfigError(f"init_student: '{path.name}' already holds round {saved['round']} and max_iter is "
                               f"{self.config.max_iter}. Raise max_iter to train further rounds.")
@@ -172,7 +179,26 @@ class Site:
                 probe = copy.deepcopy(self.student)
                 checkpoint.load_into(probe, saved[name], path, name)
         self.log(f"resuming from {path.name}: rounds 1..{saved['round']} are done")
-        return {key: to_arrays(value) if isinstance(value, dict) else value for key, value in saved.items()}
+        return {**{key: to_arrays(value) if isinstance(value, dict) else value for key, value in saved.items()},
+                checkpoint.SERVER: server}
+
+    def _resume_server(self, saved: dict | None, round_number: int, path: Path) -> None:
+        """The coordinator's server optimizer continues from its state in the checkpoint of ``round_number``."""
+        wanted = self.config.server_optimizer
+        if round_number == 0 or not self.server.stateful:
+            return
+        written_with = saved["server_optimizer"] if saved else "fedavg"
+        if written_with != wanted:
+            self.log(f"server_optimizer: {path.name} was written by a run with {written_with}; {wanted} starts "
+                     f"from a fresh state in round {round_number + 1}")
+            return
+        missing = sorted(set(self.models) - set(saved["models"]))
+        if missing:
+            raise ConfigError(
+                f"init_student: '{path.name}' holds no {wanted} state for the {', '.join(missing)}: it was written "
+                "by a participant (only the coordinator keeps the server optimizer's state) or by a run without "
+                "that model. Resume from the coordinator's checkpoint.pt, or start a new run from student.pt.")
+        self.server.load_state_dict(saved)
 
     def adopt_plan(self, plan: dict) -> None:
         """Check this site agrees with the coordinator's plan, then take its initial weights."""
@@ -269,7 +295,7 @@ class Site:
         """Local training from the current global models; the payload to send."""
         config = self.config
         local = {"epochs": config.local_epochs, "proximal_mu": config.proximal_mu, "round_index": round_index,
-                 "device": self.device}
+                 "rounds": config.max_iter, "device": self.device}
         self.last_stats = {"student": train_local(self.student, self.train, config,
                                                   teacher_logits=self.teacher_logits, **local)}
         if "baseline" in self.models:
@@ -280,7 +306,7 @@ class Site:
 
     def aggregate(self, received: object, sites: int) -> Models:
         """The coordinator's global models from what the controller delivered of ``sites`` sites."""
-        return self.wire.decode(received, self.previous, sites)
+        return self.server.step(self.previous, self.wire.decode(received, self.previous, sites))
 
     def apply_global(self, global_models: Models, round_index: int) -> None:
         """Load the global models, evaluate them on this site's test set, record the round, checkpoint."""
@@ -295,7 +321,7 @@ class Site:
                            f"{prefix}accuracy": evaluation.accuracy, f"{prefix}loss": evaluation.loss})
         record["seconds"] = sum(stats["seconds"] for stats in self.last_stats.values())
         self.rounds.append(record)
-        checkpoint.write(self.output_dir, round_index + 1, self.models)
+        checkpoint.write(self.output_dir, round_index + 1, self.models, self.server.state_dict())
         baseline = f", baseline {record['baseline_accuracy']:.4f}" if "baseline" in self.models else ""
         self.log(f"round {record['round']}/{self.config.max_iter}: train loss {record['train_loss']:.4f}, "
                  f"global student test accuracy {record['accuracy']:.4f}{baseline}")

@@ -10,6 +10,7 @@ so a round trains the same way whether the run was interrupted before it or not.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -73,15 +74,34 @@ def compute_logits(model: nn.Module, data: Data, device: torch.device | str = "c
     return torch.cat(chunks)
 
 
+def scheduled_lr(config: KDConfig, start: float, end: float) -> float:
+    """The learning rate of a step spanning ``start``..``end`` of the run (shares from 0 to 1).
+
+    ``lr_warmup``: the rate rises linearly over that share of the run, reaching ``learning_rate``
+    at its end; then ``lr_schedule`` ``constant`` keeps it, ``cosine`` lowers it along half a
+    cosine towards 0 at the end of the run (Loshchilov & Hutter 2017, without restarts).
+    """
+    warmup = config.lr_warmup
+    if end < warmup:
+        return config.learning_rate * end / warmup
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    done = max(start - warmup, 0.0) / (1 - warmup)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * done))
+
+
 def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, proximal_mu: float = 0.0,
                 teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
-                round_index: int = 0, device: torch.device | str = "cpu",
+                round_index: int = 0, rounds: int = 0, device: torch.device | str = "cpu",
                 role: str = "student") -> dict:
     """Train ``model`` in place for ``epochs`` epochs with ``config``'s training keys; return round statistics.
 
     With ``teacher_logits`` (cached, [N, K]) or ``teacher`` (run on each batch) the
     loss is the KD blend; with neither it is plain cross-entropy on the labels.
     ``proximal_mu`` > 0 adds FedProx's (mu/2)·‖w − w_start‖² to the loss.
+    ``rounds`` > 0: this call is round ``round_index`` of a run of that many rounds of ``epochs``
+    epochs, over which ``lr_schedule`` and ``lr_warmup`` shape the learning rate step by step;
+    0: the learning rate stays ``learning_rate`` (the teacher's training).
     ``role`` names the model in error messages ("student", "teacher", "baseline").
     """
     distilling = teacher_logits is not None or teacher is not None
@@ -92,6 +112,9 @@ def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, 
     # FedProx's anchor: the weights training starts from, i.e. this round's global model.
     anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad] \
         if proximal_mu > 0 else []
+    scheduled = rounds > 0 and (config.lr_schedule != "constant" or config.lr_warmup > 0)
+    per_epoch = math.ceil(len(data) / config.batch_size)
+    run_steps = rounds * epochs * per_epoch
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.int64)
@@ -101,6 +124,10 @@ def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, 
         generator = epoch_generator(config.seed, round_index, epoch)
         for batch, (indices, images, labels) in enumerate(
                 data.batches(config.batch_size, shuffle=True, generator=generator)):
+            if scheduled:
+                step = (round_index * epochs + epoch) * per_epoch + batch
+                for group in optimizer.param_groups:
+                    group["lr"] = scheduled_lr(config, step / run_steps, (step + 1) / run_steps)
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
             if distilling:

@@ -1,0 +1,285 @@
+"""Convergence without tuning: the federated KD student against central KD and the no-KD baseline.
+
+Over label-skewed MNIST federations (Dirichlet 0.5 and 0.1 at 3 and 5 sites, cut from the
+30,000 training images the sample teacher never saw), every recipe of settings is run three
+ways at equal local epochs (rounds × local epochs):
+
+- **KD**: the federation distils the sample teacher into the sample student (the app's ``Site``
+  objects in this process: their training, payloads, aggregation and server optimizer);
+- **no KD**: the same federation's baseline student (``baseline: true``), trained alongside on
+  the hard labels with the same rounds, seed, data and server optimizer;
+- **central**: ``distill()`` on the sites' pooled training images for as many epochs, from the
+  same initial student.
+
+Every final student is scored on one common test set (MNIST t10k). The last line gives, over
+the rows of the app's defaults (recipe ``defaults``), the largest gap of the federated KD student
+below central KD and the worst KD − no-KD difference, in percentage points.
+
+    python -m bench.convergence [--quick] [--recipes NAME,NAME] [--federations 0.5:3,0.1:5]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.api import distill
+from app.config import TRAINING_KEYS, KDConfig
+from app.results import chance_margin
+from app.training import evaluate
+from bench.noniid import (SAMPLE, Arrays, as_data, concatenate, generic_settings, load_pool, load_sites,
+                          run_script, split_sites, table, write_site)
+from bench.noniid import federate as federate_in_process
+from bench.noniid import hand_over
+from scripts.devdata.args import positive_int
+from scripts.devdata.idx import DEFAULT_MNIST
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = ROOT / "bench" / "results" / "convergence.txt"
+
+# The original FeatureCloud app's defaults (and this app's before server optimizers existed).
+SEED = {"batch_size": 256, "learning_rate": 0.001, "max_iter": 10, "local_epochs": 1, "temperature": 2.0,
+        "alpha": 0.5, "optimizer": "adam", "server_optimizer": "fedavg", "lr_schedule": "constant",
+        "lr_warmup": 0.0}
+# The sample federation's settings (sample_data/generic/config.yml), with today's server side.
+SAMPLE_KEYS = ("batch_size", "learning_rate", "max_iter", "local_epochs", "temperature", "alpha", "loss")
+RECIPES: dict[str, dict] = {
+    "seed defaults": SEED,
+    "seed + fedavgm": {**SEED, "server_optimizer": "fedavgm"},
+    "seed + fedadam": {**SEED, "server_optimizer": "fedadam"},
+    "seed + fedyogi": {**SEED, "server_optimizer": "fedyogi"},
+    "sample": "sample",            # the sample's training keys, server fedavg, constant learning rate
+    "defaults": {},                # every key at the app's default
+    "sample + defaults": "sample+",   # the sample's config.yml as shipped: its keys, the app's defaults otherwise
+}
+DEFAULT_RECIPES = list(RECIPES)
+QUICK_RECIPES = ["seed defaults", "defaults"]
+TARGET_RECIPE = "defaults"
+
+
+@dataclass(frozen=True)
+class Federation:
+    alpha: float
+    sites: int
+
+    @property
+    def name(self) -> str:
+        return f"Dir {self.alpha:g}, {self.sites} sites"
+
+
+@dataclass(frozen=True)
+class Row:
+    federation: str
+    recipe: str
+    kd: float
+    baseline: float
+    central: float
+    margin: float      # two standard errors of KD − no KD on the common test set
+    seconds: float
+
+    def cells(self) -> list[str]:
+        return [self.federation, self.recipe, f"{self.kd:.4f}", f"{self.baseline:.4f}", f"{self.central:.4f}",
+                f"{100 * (self.kd - self.central):+.2f}", f"{100 * (self.kd - self.baseline):+.2f}",
+                f"{100 * self.margin:.2f}", f"{self.seconds:.0f}"]
+
+
+def recipe_settings(name: str, sample: dict) -> dict:
+    """The config keys a recipe sets (on top of the sample's models and files)."""
+    recipe = RECIPES[name]
+    if recipe == "sample":
+        return {**{key: sample[key] for key in SAMPLE_KEYS if key in sample},
+                "server_optimizer": "fedavg", "lr_schedule": "constant", "lr_warmup": 0.0}
+    if recipe == "sample+":
+        return {key: sample[key] for key in SAMPLE_KEYS if key in sample}
+    return dict(recipe)
+
+
+class Bench:
+    """The common pieces of every run: data pool, generic folder, scratch space, central results."""
+
+    def __init__(self, args: argparse.Namespace, scratch: Path) -> None:
+        self.args = args
+        self.scratch = scratch
+        self.pool = load_pool(args.mnist_dir, args.sample_dir)
+        self.generic = args.sample_dir / "generic"
+        self.sample = generic_settings(self.generic)
+        test_images, test_labels = self.pool.test
+        self.common = as_data((test_images[:args.test_images], test_labels[:args.test_images]), "common test set")
+        self.files = {key: self.sample[key] for key in ("teacher_model", "student_model", "teacher_weights",
+                                                        "train_dataset", "test_dataset")}
+        self.central: dict[tuple, float] = {}
+        self.runs = 0
+
+    def settings(self, recipe: str) -> dict:
+        settings = {**self.files, "seed": self.args.seed, "baseline": True, **recipe_settings(recipe, self.sample)}
+        if self.args.max_rounds:
+            settings["max_iter"] = min(settings.get("max_iter", KDConfig().max_iter), self.args.max_rounds)
+        return settings
+
+    def workdir(self) -> Path:
+        self.runs += 1
+        return self.scratch / f"run{self.runs}"
+
+    def parts(self, federation: Federation) -> list[tuple[Arrays, Arrays]]:
+        return split_sites(self.pool, federation.alpha, federation.sites, self.args.per_site,
+                           self.args.per_site_test, self.args.seed)
+
+    def federated(self, parts: list[tuple[Arrays, Arrays]], settings: dict) -> tuple[float, float]:
+        """The final global KD student's and baseline's accuracy on the common test set."""
+        workdir = self.workdir()
+        folders = [write_site(workdir / f"site{i + 1}", self.generic, settings, train, test)
+                   for i, (train, test) in enumerate(parts)]
+        sites = load_sites(folders, workdir / "out")
+        federate_in_process(sites, hand_over)
+        coordinator = sites[0]
+        return tuple(evaluate(coordinator.models[name], self.common, coordinator.num_classes).accuracy
+                     for name in ("student", "baseline"))
+
+    def centralized(self, parts: list[tuple[Arrays, Arrays]], settings: dict, key: tuple) -> float:
+        """distill() on the pooled training images for rounds × local epochs, from the federation's
+        initial student (the same Site.load), with the same training keys; one run per key."""
+        if key not in self.central:
+            workdir = self.workdir()
+            folder = write_site(workdir / "pooled", self.generic, settings, concatenate([p[0] for p in parts]),
+                                parts[0][1])
+            site = load_sites([folder], workdir / "out")[0]
+            config = site.config
+            distill(site.teacher, site.student, site.train, epochs=config.max_iter * config.local_epochs,
+                    **config.model_dump(include=set(TRAINING_KEYS)))
+            self.central[key] = evaluate(site.student, self.common, site.num_classes).accuracy
+        return self.central[key]
+
+    def row(self, federation: Federation, parts: list[tuple[Arrays, Arrays]], recipe: str) -> Row:
+        started = time.perf_counter()
+        settings = self.settings(recipe)
+        config = KDConfig.model_validate(settings)
+        kd, baseline = self.federated(parts, settings)
+        training = config.model_dump(include=set(TRAINING_KEYS))
+        key = (federation, config.max_iter * config.local_epochs, tuple(sorted(training.items())))
+        central = self.centralized(parts, settings, key)
+        return Row(federation.name, recipe, kd, baseline, central,
+                   chance_margin(kd, baseline, len(self.common)), time.perf_counter() - started)
+
+
+def run_all(args: argparse.Namespace) -> list[str]:
+    started = time.perf_counter()
+    rows: list[Row] = []
+    described = []
+    with tempfile.TemporaryDirectory(prefix="convergence-") as scratch:
+        bench = Bench(args, Path(scratch))
+        for federation in args.federations:
+            parts = bench.parts(federation)
+            counts = [np.bincount(train[1], minlength=10).tolist() for train, _ in parts]
+            described.append(f"  {federation.name}: " + "; ".join(
+                f"site{i + 1} {sum(c)}: {c}" for i, c in enumerate(counts)))
+            for recipe in args.recipes:
+                rows.append(bench.row(federation, parts, recipe))
+                print(f"  done: {federation.name}, {recipe} ({rows[-1].seconds:.0f}s)", file=sys.stderr)
+        source = bench.pool.source
+    target = [row for row in rows if row.recipe == TARGET_RECIPE] or rows
+    gap = max(100 * (row.central - row.kd) for row in target)
+    worst = min(100 * (row.kd - row.baseline) for row in target)
+    within = all(row.kd - row.baseline >= -row.margin for row in target)
+    defaults = KDConfig()
+    header = [
+        f"Convergence at equal local epochs, {datetime.datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), {time.perf_counter() - started:.0f} s",
+        f"data: {source}; {args.per_site:,} training images per site on average (Dirichlet shares make sizes "
+        f"unequal); common test set: {len(bench.common):,} images; seed {args.seed}",
+        f"teacher and student: {args.sample_dir / 'generic'} (teacher.pt, student.py)",
+        "recipes: " + "; ".join(f"{name}: {describe(bench.settings(name))}" for name in args.recipes),
+        f"app defaults now: server_optimizer {defaults.server_optimizer}, server_learning_rate "
+        f"{defaults.server_learning_rate:g}, server_momentum {defaults.server_momentum:g}, lr_schedule "
+        f"{defaults.lr_schedule}, lr_warmup {defaults.lr_warmup:g}",
+        "KD: federated KD student; no KD: the federation's baseline (hard labels only); central: distill() on the "
+        "pooled images for rounds x local epochs; differences in points; 2SE: two standard errors of KD - no KD",
+        "training images per class of each site:", *described, ""]
+    columns = ["federation", "recipe", "KD", "no KD", "central", "KD-central", "KD-noKD", "2SE", "seconds"]
+    summary = [
+        "",
+        f"over the '{target[0].recipe}' rows: federated KD at most {gap:.2f} points below central "
+        f"(target <= 2: {'met' if gap <= 2 else 'NOT met'}); KD - no KD at worst {worst:+.2f} points "
+        f"({'never' if within else 'SOMEWHERE'} below the baseline by more than 2SE)",
+        f"max_gap_to_central_pp={gap:.2f} worst_kd_minus_baseline_pp={worst:.2f}"]
+    return header + table(columns, [row.cells() for row in rows], labels=2) + summary
+
+
+def describe(settings: dict) -> str:
+    config = KDConfig.model_validate(settings)
+    server = config.server_optimizer
+    if server != "fedavg":
+        server += f" (server lr {config.server_learning_rate:g})"
+    schedule = config.lr_schedule + (f" + warm-up {config.lr_warmup:g}" if config.lr_warmup else "")
+    return (f"{config.max_iter}x{config.local_epochs} epochs, batch {config.batch_size}, lr {config.learning_rate:g} "
+            f"{schedule}, T {config.temperature:g}, alpha {config.alpha:g}, {server}")
+
+
+# --------------------------------------------------------------------------- main
+
+def federations(text: str) -> list[Federation]:
+    """``0.5:3,0.1:5`` → Dirichlet alpha and number of sites of each federation."""
+    try:
+        found = [Federation(float(alpha), int(sites)) for alpha, sites in
+                 (part.split(":") for part in text.split(",") if part.strip())]
+    except ValueError:
+        found = []
+    if not found or any(f.alpha <= 0 or f.sites < 1 for f in found):
+        raise argparse.ArgumentTypeError(f"must be ALPHA:SITES pairs separated by commas (e.g. 0.5:3,0.1:5), "
+                                         f"got {text!r}")
+    return found
+
+
+def recipes(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in RECIPES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown recipe(s) {unknown or text!r}; choose from: {', '.join(RECIPES)}")
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer images (1,000 per site), 3-site federations, recipes 'seed defaults' and "
+                             "'defaults' only")
+    parser.add_argument("--federations", type=federations, default=None,
+                        help="ALPHA:SITES pairs (default 0.5:3,0.1:3,0.5:5,0.1:5)")
+    parser.add_argument("--recipes", type=recipes, default=None, help=f"comma-separated (default all: "
+                                                                       f"{', '.join(RECIPES)})")
+    parser.add_argument("--per-site", type=positive_int, default=None,
+                        help="training images per site on average (default 2000)")
+    parser.add_argument("--per-site-test", type=positive_int, default=100,
+                        help="test images per site, for the sites' own round logs only (default 100)")
+    parser.add_argument("--test-images", type=positive_int, default=10_000,
+                        help="images of the common test set, from MNIST t10k (default all 10,000)")
+    parser.add_argument("--max-rounds", type=positive_int, default=None,
+                        help="cap every recipe's max_iter (for smoke tests)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the training (default 0)")
+    parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_MNIST,
+                        help=f"folder with the MNIST IDX files (default {DEFAULT_MNIST})")
+    parser.add_argument("--sample-dir", type=Path, default=SAMPLE,
+                        help="its generic/ gives teacher, student and the sample's settings (default sample_data/)")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                        help="text file the printed lines are also written to (default "
+                             "bench/results/convergence.txt)")
+    args = parser.parse_args(argv)
+    args.federations = args.federations or federations("0.5:3,0.1:3" if args.quick else "0.5:3,0.1:3,0.5:5,0.1:5")
+    args.recipes = args.recipes or (QUICK_RECIPES if args.quick else DEFAULT_RECIPES)
+    args.per_site = args.per_site or (1000 if args.quick else 2000)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_script(run_all, parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
