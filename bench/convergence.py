@@ -251,8 +251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "'defaults' only")
     parser.add_argument("--federations", type=federations, default=None,
                         help="ALPHA:SITES pairs (default 0.5:3,0.1:3,0.5:5,0.1:5)")
-    parser.add_argument("--recipes", type=recipes, default=None, help=f"comma-separated (default all: "
-                                                                       f"{', '.join(RECIPES)})")
+    parser.add_argument("--recipes", type=recipes, default=None,
+                        help=f"comma-separated (default all: {', '.join(RECIPES)})")
     parser.add_argument("--per-site", type=positive_int, default=None,
                         help="training images per site on average (default 2000)")
     parser.add_argument("--per-site-test", type=positive_int, default=100,
