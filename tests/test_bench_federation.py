@@ -90,3 +90,25 @@ def test_privacy_table_has_the_plain_smpc_and_dp_rows(tmp_path, small_samples):
     assert rows[5][3].startswith("L1 ")
     assert all(row[8] in ("finite", "NaN") for row in rows)
     assert_fractions(rows, 5, 8)
+
+
+def test_convergence_ends_with_its_two_figures(tmp_path, small_samples):
+    results = tmp_path / "convergence.txt"
+    done = run_bench("convergence", "--per-site", "100", "--per-site-test", "20", "--federations", "0.5:2",
+                     "--recipes", "seed + fedadam,defaults", "--max-rounds", "1",
+                     "--mnist-dir", str(tmp_path / "no_mnist"), "--sample-dir", str(small_samples),
+                     "--results", str(results))
+    assert results.read_text() == done.stdout
+    header, table, summary = done.stdout.strip().split("\n\n")
+    assert "NO MNIST" in header and "seed + fedadam: 1x1 epochs, batch 256" in header
+    columns, *rows = (re.split(r"\s{2,}", line.strip()) for line in table.splitlines())
+    assert columns == ["federation", "recipe", "KD", "no KD", "central", "KD-central", "KD-noKD", "2SE", "seconds"]
+    assert [row[:2] for row in rows] == [["Dir 0.5, 2 sites", "seed + fedadam"], ["Dir 0.5, 2 sites", "defaults"]]
+    assert_fractions(rows, 2, 5)
+    figures = re.fullmatch(r"max_gap_to_central_pp=(-?\d+\.\d\d) worst_kd_minus_baseline_pp=(-?\d+\.\d\d)",
+                           summary.splitlines()[-1])
+    assert figures, summary
+    gap, worst = (float(value) for value in figures.groups())
+    defaults = rows[1]   # the last line speaks of the 'defaults' rows only
+    assert gap == pytest.approx(-float(defaults[5]), abs=0.011)
+    assert worst == pytest.approx(float(defaults[6]), abs=0.011)
