@@ -20,7 +20,8 @@ EXPECTED = ("student.pt", "student_torchscript.pt", "student.onnx", "metrics.jso
             "checkpoint.pt")
 
 
-def problems(output_dir: Path, min_accuracy: float, min_compression: float, min_int8_agreement: float) -> list[str]:
+def problems(output_dir: Path, min_accuracy: float, min_compression: float,
+             min_int8_agreement: float = 0.98) -> list[str]:
     sites = sorted(path for path in output_dir.iterdir()
                    if path.is_dir() and not path.name.endswith(".failed") and (path / "metrics.json").exists())
     if not sites:
