@@ -75,9 +75,10 @@ class StatusBoard:
                 images[name] = path.read_bytes()
         self.images = images
         self.report_html = to_html(report, lambda name: f"files/{name}" if name in images else None).encode()
+        # a cross-validation summary has no single teacher: the page keeps the one published in training
+        teacher = {"teacher": metrics["teacher"]} if "teacher" in metrics else {}
         self.publish(phase="done", message="done", progress=1.0, eta_seconds=0.0, metrics=metrics,
-                     rounds=metrics["rounds"], teacher=metrics["teacher"], federation=metrics.get("federation"),
-                     report=True)
+                     rounds=metrics["rounds"], federation=metrics.get("federation"), report=True, **teacher)
 
 
 def _encode(snapshot: dict) -> bytes:
