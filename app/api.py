@@ -17,7 +17,7 @@ from typing import Any, Callable
 from torch import nn
 
 from app.config import SECTION, TRAINING_KEYS, parse_config
-from app.data import as_data, check_compatible
+from app.data import as_train_and_test, check_compatible
 from app.errors import ConfigError
 from app.model_checks import agreed_classes
 from app.training import compute_logits, evaluate, resolve_device, train_local
@@ -48,8 +48,7 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     config = parse_config({SECTION: settings}, source="distill()", require_teacher=False)
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    train_data = as_data(train, "train")
-    test_data = as_data(test, "test") if test is not None else None
+    train_data, test_data = as_train_and_test(train, test)
     if test_data is not None:
         check_compatible(train_data, test_data)
     run_on = resolve_device(config.device)

@@ -8,6 +8,7 @@ declares in words what it allows, so type errors and range errors read alike.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -62,6 +63,52 @@ Number = Annotated[float, BeforeValidator(_number), AllowInfNan(False)]   # .inf
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 ImageShape = Annotated[list[int], BeforeValidator(_image_shape)]
 
+MAX_IMAGE_SIDE = 4096
+NORMALIZE_MODES = ("none", "imagenet", "federated")
+
+
+def _image_size(value: Any) -> Any:
+    """An int, or [height, width], of whole numbers from 1 to MAX_IMAGE_SIDE."""
+    if value is None:
+        return None
+    sides = [_whole_number(side) for side in (value if isinstance(value, (list, tuple)) else [value])]
+    if len(sides) not in (1, 2) or not all(isinstance(side, int) and 1 <= side <= MAX_IMAGE_SIDE for side in sides):
+        raise ValueError("not an image size")
+    return sides[0] if not isinstance(value, (list, tuple)) else sides
+
+
+def _class_names(value: Any) -> Any:
+    """Distinct, non-empty names; YAML reads a folder named 3 as the number 3, so numbers become text."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ValueError("not a list of names")
+    names = [str(name) if isinstance(name, int) and not isinstance(name, bool) else name for name in value]
+    if not all(isinstance(name, str) and name.strip() for name in names) or len(set(names)) != len(names):
+        raise ValueError("not distinct names")
+    return names
+
+
+def _normalization(value: Any) -> Any:
+    """A mode name, or {mean: [...], std: [...]} with one value per channel and every std > 0."""
+    if isinstance(value, str) and value in NORMALIZE_MODES:
+        return value
+    if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+        raise ValueError("not a normalization")
+    mean, std = ([value[key]] if not isinstance(value[key], list) else value[key] for key in ("mean", "std"))
+    values = [_number(number) for number in mean + std]
+    if (len(mean) != len(std) or len(mean) not in (1, 3)
+            or not all(isinstance(number, (int, float)) and math.isfinite(number) for number in values)
+            or not all(number > 0 for number in values[len(mean):])):
+        raise ValueError("not a normalization")
+    return {"mean": [float(number) for number in values[:len(mean)]],
+            "std": [float(number) for number in values[len(mean):]]}
+
+
+ImageSize = Annotated[Any, BeforeValidator(_image_size)]
+ClassNames = Annotated[Any, BeforeValidator(_class_names)]
+Normalization = Annotated[Any, BeforeValidator(_normalization)]
+
 
 class DPConfig(BaseModel):
     """Differential privacy of the updates, applied by the FeatureCloud controller."""
@@ -111,6 +158,14 @@ class KDConfig(BaseModel):
     logic: LogicConfig = _field(LogicConfig(), "a mapping with mode (file or directory) and dir")
     image_shape: ImageShape | None = _field(None, "a list of 2 or 3 whole numbers ≥ 1 ([C, H, W], [H, W, C] or "
                                                   "[H, W]: the shape flat image vectors are reshaped to), or empty")
+    classes: ClassNames = _field(None, "a list of distinct class names (the class folders' names, in label "
+                                       "order), or empty")
+    image_size: ImageSize = _field(None, f"a whole number of pixels from 1 to {MAX_IMAGE_SIDE}, or [height, width], "
+                                         "or empty (all images must then share one size)")
+    channels: Literal[1, 3] | None = _field(None, "1 or 3, or empty (3 if any training image has colour, else 1)")
+    normalize: Normalization = _field("none", "one of: none, imagenet, federated, or {mean: [...], std: [...]} "
+                                              "with 1 or 3 values each and every std > 0")
+    image_memory_mb: WholeNumber = _field(4096, "a whole number of megabytes ≥ 0", ge=0)
 
     max_iter: WholeNumber = _field(10, "a whole number of communication rounds ≥ 1", ge=1)
     local_epochs: WholeNumber = _field(1, "a whole number of local epochs per round ≥ 1", ge=1)
@@ -151,6 +206,21 @@ class KDConfig(BaseModel):
     def proximal_mu(self) -> float:
         """FedProx's weight in federated local training: ``mu`` under ``aggregation: fedprox``, else 0."""
         return self.mu if self.aggregation == "fedprox" else 0.0
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """image_size as (height, width), or None when unset."""
+        if self.image_size is None:
+            return None
+        sides = self.image_size if isinstance(self.image_size, list) else [self.image_size]
+        return (sides[0], sides[-1])
+
+    @model_validator(mode="after")
+    def _statistics_fit_the_channels(self) -> "KDConfig":
+        if isinstance(self.normalize, dict) and self.channels and len(self.normalize["mean"]) != self.channels:
+            raise ValueError(f"normalize: {len(self.normalize['mean'])} means and stds but channels is "
+                             f"{self.channels} — give one mean and one std per channel")
+        return self
 
     @model_validator(mode="after")
     def _has_a_teacher(self, info: ValidationInfo) -> "KDConfig":

@@ -1,22 +1,27 @@
 """Dataset files -> data the training code can batch fast.
 
-``load_dataset`` reads a site's ``.pt``/``.pth`` (dict of tensors, ``(x, y)`` pair or a
-pickled torch ``Dataset``), ``.npz``/``.npy`` (this app's arrays and every layout FeatureCloud's
-apps write, see app.numpy_files) or a folder of class sub-folders of images. Files
-become a ``TensorData``: contiguous float32 images ``[N, C, H, W]`` and int64 labels
-``[N]``, batched by slicing, never by per-sample Python calls. A folder of images stays
-lazy as a ``LazyData`` that loads images on demand. Both normalise images and labels the
-same way (``_images_tensor``/``_labels_tensor``), so a folder read lazily yields exactly
-what the same images yield in memory. Every user mistake is a ``DataError`` naming the
+``open_dataset`` reads a site's ``.pt``/``.pth`` (dict of tensors, ``(x, y)`` pair or a
+pickled torch ``Dataset``) or ``.npz``/``.npy`` (this app's arrays and every layout FeatureCloud's
+apps write, see app.numpy_files) into a ``TensorData``: contiguous images ``[N, C, H, W]``
+(uint8 kept as uint8, other numbers as float32) and int64 labels ``[N]``, batched by slicing,
+never by per-sample Python calls. A folder of class sub-folders is only listed
+(``ImageFolderSource``): its labels depend on the class list the federation agrees on, and its
+size and channels on the preprocessing, so ``decode_folders`` decodes it later, once, into a
+``TensorData`` of uint8 pixels, or into a ``LazyFiles`` that decodes each batch when the
+pixels would exceed the memory bound. Every kind delivers batches the same way
+(``_Delivery``): float32, uint8 scaled to [0, 1], grayscale repeated to the agreed channels,
+normalized when a normalization is set. Every user mistake is a ``DataError`` naming the
 config key, the file, the problem and the fix.
 """
 from __future__ import annotations
 
 import math
 import pickle
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +29,9 @@ from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
 from app.errors import DataError, first_line
+from app.images import (ClassFolders, Size, check_same_size, decode_files, has_colour, list_class_folders,
+                        oriented_size, order_classes)
+from app.normalization import Normalization
 from app.numpy_files import label_values, pick_arrays, read_arrays, stack_images, unreadable
 from app.torch_files import load_tensors, load_trusted, refused_globals
 
@@ -37,8 +45,29 @@ _LABELS_HINT = "Fix the labels array: it must hold whole numbers 0..K-1, one per
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class TensorData:
-    """In-memory dataset: images float32 [N,C,H,W] contiguous, labels int64 [N]."""
+class _Delivery:
+    """How every kind of data hands out its batches: float32 images, uint8 scaled to [0, 1],
+    grayscale repeated when the federation agreed on 3 channels, normalized when a
+    normalization is set (``normalized=False`` gives the [0, 1] images a deployment sees)."""
+
+    name: str
+    channels: int | None = None                 # channels to deliver when the stored images have fewer
+    normalization: Normalization | None = None
+
+    def _ready(self, images: torch.Tensor, normalized: bool) -> torch.Tensor:
+        images = as_float(images)
+        if self.channels is not None and images.shape[1] != self.channels:
+            images = images.expand(-1, self.channels, -1, -1)
+        if normalized and self.normalization is not None:
+            images = self.normalization.apply(images)
+        return images
+
+    def _delivered_shape(self, stored: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.channels or stored[0], *stored[1:])
+
+
+class TensorData(_Delivery):
+    """In-memory dataset: images uint8 or float32 [N,C,H,W] contiguous, labels int64 [N]."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -61,39 +90,46 @@ class TensorData:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
+        return self._delivered_shape(tuple(self.images.shape[1:]))
 
     @property
     def num_classes_seen(self) -> int:
         return int(self.labels.max()) + 1
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                normalized: bool = True) -> Iterator[Batch]:
         """(indices, images, labels) per batch; indices are positions in this dataset.
 
-        Unshuffled batches are views of the data. Shuffled batches gather their rows
-        with one index_select each: measured faster than gathering the whole epoch
-        first, and it needs no second copy of the dataset in memory.
+        Unshuffled batches of float images without normalization are views of the data.
+        Shuffled batches gather their rows with one index_select each: measured faster than
+        gathering the whole epoch first, and it needs no second copy of the dataset in memory.
         """
         _check_batch_size(batch_size)
         if shuffle:
             for indices in torch.randperm(len(self), generator=generator).split(batch_size):
-                yield indices, self.images[indices], self.labels[indices]
+                yield indices, self._ready(self.images[indices], normalized), self.labels[indices]
             return
         positions = torch.arange(len(self))
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            yield positions[start:stop], self.images[start:stop], self.labels[start:stop]
+            yield (positions[start:stop], self._ready(self.images[start:stop], normalized),
+                   self.labels[start:stop])
+
+    def float_images(self) -> torch.Tensor:
+        """Every image as the model sees it (float32, normalized): a copy of the whole dataset."""
+        return self._ready(self.images, normalized=True)
 
     def subset(self, indices: Any) -> TensorData:
         """The samples at ``indices`` (any sequence of positions), as a new TensorData."""
         chosen = torch.as_tensor(indices, dtype=torch.long)
-        return TensorData(self.images[chosen], self.labels[chosen], name=self.name)
+        part = TensorData(self.images[chosen], self.labels[chosen], name=self.name)
+        part.channels, part.normalization = self.channels, self.normalization
+        return part
 
 
-class LazyData:
-    """A torch Dataset that must stay lazy (folder of images). Same interface as TensorData
-    (len, sample_shape, num_classes_seen, batches) but loads samples on demand."""
+class LazyData(_Delivery):
+    """A torch Dataset that must stay lazy (its transforms run every epoch). Same interface as
+    TensorData (len, sample_shape, num_classes_seen, batches) but loads samples on demand."""
 
     def __init__(self, dataset: Dataset, name: str = "data") -> None:
         self.dataset = dataset
@@ -110,7 +146,7 @@ class LazyData:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return self._sample_shape
+        return self._delivered_shape(self._sample_shape)
 
     @property
     def num_classes_seen(self) -> int:
@@ -121,8 +157,8 @@ class LazyData:
             self._num_classes = int(_labels_tensor(_tensor(targets, "labels", self.name), self.name).max()) + 1
         return self._num_classes
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                normalized: bool = True) -> Iterator[Batch]:
         """(indices, images, labels) per batch, loading each batch's images when it is needed."""
         _check_batch_size(batch_size)
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
@@ -130,10 +166,75 @@ class LazyData:
             positions = indices.tolist()
             items = [_item(self.dataset, index, self.name) for index in positions]
             images, labels = _stack_items(items, positions, self._raw_shape, self.dataset, self.name)
-            yield indices, images, labels
+            yield indices, self._ready(images, normalized), labels
 
 
-Data = TensorData | LazyData
+class LazyFiles(_Delivery):
+    """Image files decoded batch by batch (the memory bound was exceeded): what TensorData
+    would hold for the same files, decoded again every time a batch needs them."""
+
+    def __init__(self, files: list[Path], labels: torch.Tensor, size: Size, stored_channels: int,
+                 resize: bool, name: str) -> None:
+        self.files, self.labels, self.size, self.name = files, labels, size, name
+        self.stored_channels, self.resize = stored_channels, resize
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self._delivered_shape((self.stored_channels, *self.size))
+
+    @property
+    def num_classes_seen(self) -> int:
+        return int(self.labels.max()) + 1
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                normalized: bool = True) -> Iterator[Batch]:
+        """(indices, images, labels) per batch, decoding each batch's files when it is needed."""
+        _check_batch_size(batch_size)
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for indices in order.split(batch_size):
+            pixels = decode_files([self.files[index] for index in indices.tolist()], self.size,
+                                  self.stored_channels, resize=self.resize, name=self.name)
+            yield indices, self._ready(pixels, normalized), self.labels[indices]
+
+
+Data = TensorData | LazyData | LazyFiles
+
+
+@dataclass
+class ImageFolderSource:
+    """A dataset folder listed but not decoded yet (its labels wait for the agreed class list)."""
+
+    name: str
+    folders: ClassFolders
+    colour: bool | None = None   # whether any image is stored in colour, once asked (``has_colour``)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.folders.classes
+
+    def __len__(self) -> int:
+        return len(self.folders.files)
+
+
+Source = Data | ImageFolderSource
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How image folders become pixels: the agreed class list and channels, the size (None: every
+    image keeps its own, which must be the same), the memory bound of the decoded pixels, the
+    decoding threads (None: one per core), and where to report progress and what happened."""
+
+    classes: list[str]
+    channels: int
+    size: Size | None = None
+    memory_bytes: int = 4096 * 2 ** 20
+    workers: int | None = None
+    status: Callable[[str], None] | None = None
+    log: Callable[[str], None] | None = None
 
 
 class LabelsFile(NamedTuple):
@@ -143,10 +244,10 @@ class LabelsFile(NamedTuple):
     key: str
 
 
-def load_dataset(path: Path, key: str, labels: LabelsFile | None = None,
-                 image_shape: Sequence[int] | None = None, root: Path | None = None) -> Data:
-    """The dataset at ``path``; ``key`` is its config key, named in every error message with the file's
-    path from ``root`` (its name alone by default).
+def open_dataset(path: Path, key: str, labels: LabelsFile | None = None,
+                 image_shape: Sequence[int] | None = None, root: Path | None = None) -> Source:
+    """The dataset at ``path``: arrays read, a folder of class folders listed; ``key`` is its config
+    key, named in every error message with the file's path from ``root`` (its name alone by default).
 
     ``labels``: the labels of a ``.npy``/``.npz`` of images alone. ``image_shape``: the shape flat
     image vectors are reshaped to, in the order they were flattened ([C, H, W], [H, W, C], [H, W]).
@@ -156,7 +257,7 @@ def load_dataset(path: Path, key: str, labels: LabelsFile | None = None,
     name = f"{key} '{_shown(path, root)}'"
     if path.is_dir():
         _refuse_labels_file(labels, name, "a folder of images (its sub-folders are the labels)")
-        return _load_image_folder(path, name)
+        return ImageFolderSource(name, list_class_folders(path, name))
     if not path.exists():
         raise DataError(f"{name}: no such file or folder, looked for {path}.{_folder_listing(path.parent)} "
                         f"Put the dataset there or set {key} to the right name.")
@@ -173,6 +274,83 @@ def load_dataset(path: Path, key: str, labels: LabelsFile | None = None,
                     "Convert the dataset to one of these.")
 
 
+def load_dataset(path: Path, key: str, labels: LabelsFile | None = None,
+                 image_shape: Sequence[int] | None = None, root: Path | None = None) -> Data:
+    """The dataset at ``path`` on its own (``open_dataset``'s arguments): a folder's classes are its
+    own folders (numeric order when all are integers, else alphabetical), decoded to 3 channels
+    when any image has colour, else 1."""
+    return load_datasets({key: open_dataset(path, key, labels, image_shape, root)})[key]
+
+
+def load_datasets(sources: dict[str, Source]) -> dict[str, Data]:
+    """Datasets that belong together (train and test of one site, outside a federation): their
+    folders share one class list, the union of their class folders."""
+    folders = [source for source in sources.values() if isinstance(source, ImageFolderSource)]
+    if not folders:
+        return sources   # type: ignore[return-value]
+    classes = order_classes({name for source in folders for name in source.classes})
+    channels = 3 if any(has_colour(source.folders.files, source.name) for source in folders) else 1
+    return decode_folders(sources, Decoding(classes, channels))
+
+
+def decode_folders(sources: dict[str, Source], decoding: Decoding) -> dict[str, Data]:
+    """Every source as Data: arrays as they are, folders decoded once with ``decoding``'s classes,
+    channels and size, each in memory while the pixels of all fit ``memory_bytes``, else lazily."""
+    log = decoding.log or (lambda message: None)
+    folders = {key: source for key, source in sources.items() if isinstance(source, ImageFolderSource)}
+    total = sum(len(source) for source in folders.values())
+    done, budget, started = 0, decoding.memory_bytes, time.perf_counter()
+    result: dict[str, Data] = {}
+    for key, source in sources.items():
+        if not isinstance(source, ImageFolderSource):
+            result[key] = source
+            continue
+        labels = _folder_labels(source, decoding.classes)
+        stored = decoding.channels if source.colour is not False else 1   # gray images: repeated per batch
+        size = decoding.size or oriented_size(source.folders.files[0], source.name)
+        needed = len(source) * stored * size[0] * size[1]
+        if needed > budget:
+            log(f"{source.name}: {len(source):,} images of {stored}×{size[0]}×{size[1]} need "
+                f"{needed / 2 ** 20:,.0f} MB, more than the {budget / 2 ** 20:,.0f} MB left of image_memory_mb: "
+                "they are decoded again for every batch (lazily), which is slower; raise image_memory_mb to keep "
+                "them in memory")
+            data: Data = LazyFiles(source.folders.files, labels, size, stored, decoding.size is not None, source.name)
+            if decoding.size is None:   # every file must have the first one's size: find out now, not mid-training
+                check_same_size(source.folders.files, size, source.name, decoding.workers)
+        else:
+            budget -= needed
+            pixels = decode_files(source.folders.files, decoding.size, stored, workers=decoding.workers,
+                                  name=source.name, progress=_progress(decoding.status, done, total))
+            data = TensorData(pixels, labels, name=source.name)
+        data.channels = decoding.channels
+        done += len(source)
+        result[key] = data
+    if folders:
+        seconds = time.perf_counter() - started
+        log(f"decoded {total:,} images in {seconds:.1f}s ({total / max(seconds, 1e-9):,.0f} images/s)")
+    return result
+
+
+def _progress(status: Callable[[str], None] | None, before: int, total: int) -> Callable[[int, int], None] | None:
+    if status is None:
+        return None
+    return lambda done, _: status(f"decoding {before + done:,}/{total:,}")
+
+
+def _folder_labels(source: ImageFolderSource, classes: list[str]) -> torch.Tensor:
+    index = {name: position for position, name in enumerate(classes)}
+    unknown = sorted(set(source.classes) - set(index))
+    if unknown:
+        raise unknown_folder_error(source, unknown[0], classes)
+    return torch.tensor([index[name] for name in source.folders.class_of_file], dtype=torch.int64)
+
+
+def unknown_folder_error(source: ImageFolderSource, folder: str, classes: list[str]) -> DataError:
+    shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+    return DataError(f"{source.name}: class folder '{folder}' is not in classes ({shown}). Add '{folder}' to "
+                     f"classes in config.yml, or move that folder out of {source.folders.root.name}/.")
+
+
 def check_compatible(train: Data, test: Data) -> None:
     """DataError unless train and test samples have the same shape (channels, height, width)."""
     if train.sample_shape != test.sample_shape:
@@ -182,15 +360,23 @@ def check_compatible(train: Data, test: Data) -> None:
         )
 
 
+def as_train_and_test(train: Any, test: Any = None) -> tuple[Data, Data | None]:
+    """``as_data`` of both; two paths are opened together, so their folders share one class list."""
+    if isinstance(train, (str, Path)) and isinstance(test, (str, Path)):
+        data = load_datasets({"train": open_dataset(Path(train), "train"), "test": open_dataset(Path(test), "test")})
+        return data["train"], data["test"]
+    return as_data(train, "train"), as_data(test, "test") if test is not None else None
+
+
 def as_data(obj: Any, name: str = "data") -> Data:
     """Data from what a Python API user has at hand.
 
-    Accepts TensorData/LazyData (returned as is), an ``(images, labels)`` pair of tensors
+    Accepts TensorData/LazyData/LazyFiles (returned as is), an ``(images, labels)`` pair of tensors
     or arrays (or a dict of them, as in a file), a torch Dataset (a ``TensorDataset`` of
     two tensors goes in memory, any other stays lazy so its transforms keep running every
     epoch) or a path (``load_dataset`` with ``key=name``).
     """
-    if isinstance(obj, (TensorData, LazyData)):
+    if isinstance(obj, (TensorData, LazyData, LazyFiles)):
         return obj
     if isinstance(obj, (str, Path)):
         return load_dataset(Path(obj), name)
@@ -369,22 +555,6 @@ def _pil_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _open_image(path: str) -> Image.Image:
-    with open(path, "rb") as handle:
-        return _standard_mode(Image.open(handle)).copy()
-
-
-def _load_image_folder(path: Path, name: str) -> LazyData:
-    from torchvision.datasets import ImageFolder   # 1.5 s to import: only when a folder is used
-
-    try:
-        folder = ImageFolder(str(path), loader=_open_image)
-    except FileNotFoundError as error:
-        raise DataError(f"{name}: no images found in {path} ({error}). Put each class's images in its own "
-                        f"sub-folder, e.g. {path.name}/0/img1.png, {path.name}/1/img2.png.") from error
-    return LazyData(folder, name=name)
-
-
 def _tensor(value: Any, what: str, name: str) -> torch.Tensor:
     """``value`` (tensor, array or nested list) as a CPU tensor, numeric or bool."""
     if isinstance(value, torch.Tensor):
@@ -412,8 +582,15 @@ def _numpy_tensor(array: np.ndarray, what: str, name: str) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """float32 images: uint8 scaled to [0, 1] (a new tensor), float32 as they are."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255)
+    return images
+
+
 def _images_tensor(images: torch.Tensor, name: str) -> torch.Tensor:
-    """Images as contiguous float32 [N, C, H, W]; uint8 scaled to [0, 1]."""
+    """Images as contiguous [N, C, H, W]: uint8 kept (scaled per batch), other numbers float32."""
     if images.dtype == torch.bool:
         raise DataError(f"{name}: images have dtype bool, which is not numeric. "
                         "Save images as uint8 (0..255) or float values.")
@@ -426,9 +603,8 @@ def _images_tensor(images: torch.Tensor, name: str) -> torch.Tensor:
         raise DataError(f"{name}: images have shape {tuple(images.shape)}; expected [N, H, W] or "
                         "[N, C, H, W] (or channels-last [N, H, W, C]). Reshape the images array.")
     if images.dtype == torch.uint8:
-        images = images.to(torch.float32).div_(255)
-    else:
-        images = images.to(torch.float32)
+        return images.contiguous()
+    images = images.to(torch.float32)
     not_finite = ~torch.isfinite(images)
     bad = int(not_finite.sum())
     if bad:

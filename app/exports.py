@@ -1,4 +1,7 @@
-"""The student as deployment formats: TorchScript and ONNX, the ONNX one checked with onnxruntime."""
+"""The student as deployment formats: TorchScript and ONNX, the ONNX one checked with onnxruntime.
+
+Both take what a deployment has, images scaled to [0, 1]: the run's normalization, if any,
+is the first layer of the exported graph (``deployable``)."""
 from __future__ import annotations
 
 import io
@@ -10,6 +13,12 @@ from torch import nn
 
 from app.errors import first_line
 from app.files import atomic_write, write_bytes
+from app.normalization import Normalization, Normalize
+
+
+def deployable(model: nn.Module, normalization: Normalization | None) -> nn.Module:
+    """``model`` taking [0, 1] images: preceded by the normalization when the run used one."""
+    return model if normalization is None else nn.Sequential(Normalize(normalization), model)
 
 
 # The exports below take a CPU model and are reported in the returned dict, never raised:

@@ -81,11 +81,13 @@ class Folds:
 
     # ------------------------------------------------------------------ set-up
     @classmethod
-    def load(cls, input_dir: Path, output_dir: Path, name: str, log: Callable[[str], None] = print) -> "Folds":
-        """Read the config; load one Site (file mode) or one per fold folder (directory mode)."""
+    def load(cls, input_dir: Path, output_dir: Path, name: str, log: Callable[[str], None] = print,
+             status: Callable[[str], None] | None = None) -> "Folds":
+        """Read the config; load one Site (file mode) or one per fold folder (directory mode).
+        ``status`` receives short progress messages (decoding images) for the status line."""
         config = load_config(input_dir / CONFIG_FILE)
         if config.logic.mode == "file":
-            site = Site.load(input_dir, output_dir, name, log)
+            site = Site.load(input_dir, output_dir, name, log, status=status)
             return cls(name, output_dir, input_dir, {FILE_MODE: site}, config, log)
         folds = cls(name, output_dir, input_dir, {}, config, log)
         folder = resolve_input(input_dir, config.logic.dir, "logic.dir")
@@ -98,7 +100,7 @@ class Folds:
             with _naming(fold):
                 site = Site.load(input_dir, output_dir / config.logic.dir / fold, name,
                                  log=lambda message, fold=fold: folds.log(f"fold {fold}: {message}"),
-                                 data_dir=data_dir, teacher=teacher)
+                                 data_dir=data_dir, teacher=teacher, status=status)
             if not (config.teacher_rounds or config.teacher_epochs):
                 teacher = site.teacher   # never trained here: one frozen teacher serves every fold
             folds.sites[fold] = site
@@ -110,10 +112,18 @@ class Folds:
         self.log_lines.append(f"{time.strftime('%H:%M:%S')} {message}")
         self._log(message)
 
-    def make_plan(self) -> dict:
-        """The coordinator's run plan: every fold starts from the same weights, so one plan (of the
-        first fold) serves all, with the folds every site must have."""
-        return {**self._first.make_plan(), "folds": list(self.sites)}
+    def survey(self) -> dict:
+        """``Site.survey`` of all folds together: one class list and one channel count serve every fold."""
+        surveys = [site.survey() for site in self.sites.values()]
+        classes = [survey["classes"] for survey in surveys if survey["classes"] is not None]
+        colours = [survey["colour"] for survey in surveys if survey["colour"] is not None]
+        return {"site": self.name, "classes": sorted(set().union(*classes)) if classes else None,
+                "arrays": any(survey["arrays"] for survey in surveys), "colour": any(colours) if colours else None}
+
+    def make_plan(self, surveys: list[dict] | None = None) -> dict:
+        """The coordinator's run plan from every site's survey (only its own if None): every fold starts
+        from the same weights, so one plan (of the first fold) serves all, with the folds every site must have."""
+        return {**self._first.make_plan(surveys if surveys is not None else [self.survey()]), "folds": list(self.sites)}
 
     def adopt_plan(self, plan: dict) -> None:
         """Check this site has the coordinator's folds, then let every fold adopt the plan."""
@@ -121,6 +131,22 @@ class Folds:
         if theirs != mine:
             raise FederationError(_folds_differ(self.name, mine, theirs, self.config.logic.dir))
         self._each(lambda fold, site: site.adopt_plan(plan))
+
+    def needs_channel_sums(self) -> bool:
+        return self._first.needs_channel_sums()
+
+    def channel_sums(self) -> Any:
+        """Every fold's ``Site.channel_sums``, one vector after another (each fold is normalized by the
+        statistics of its own training files at every site)."""
+        return self._merge(self._each(lambda fold, site: site.channel_sums()))
+
+    def pool_channel_sums(self, received: Any, sites: int) -> dict[str, dict]:
+        """The coordinator's federated normalization of every fold."""
+        parts = self._split(received, summed=self.wire.smpc)
+        return self._each(lambda fold, site: site.pool_channel_sums(parts[fold], sites))
+
+    def adopt_normalization(self, statistics: dict[str, dict]) -> None:
+        self._each(lambda fold, site: site.adopt_normalization(statistics[fold]))
 
     # ----------------------------------------------------------------- rounds
     def teacher_round(self, round_index: int) -> Any:

@@ -64,12 +64,15 @@ def _check_logits(output: Any, batch: int, where: str) -> None:
 
 
 def agreed_classes(teacher: nn.Module, student: nn.Module, train: "Data", test: "Data | None",
-                   files: tuple[str, str], device: torch.device | str = "cpu") -> int:
+                   files: tuple[str, str], device: torch.device | str = "cpu",
+                   classes: list[str] | None = None) -> int:
     """Run a few training images through both models (``dry_run``) and return the number of classes
-    they both output (``check_outputs``), which must cover every label of ``train`` and ``test``."""
+    they both output (``check_outputs``), which must cover every label of ``train`` and ``test`` and,
+    when the federation agreed on a class list, every class of ``classes`` (a site may lack some)."""
     _, sample, _ = next(iter(train.batches(DRY_RUN_BATCH)))
     sample = sample.to(device)
-    labels_need = max(train.num_classes_seen, test.num_classes_seen if test is not None else 0)
+    labels_need = max(train.num_classes_seen, test.num_classes_seen if test is not None else 0,
+                      len(classes) if classes is not None else 0)
     return check_outputs(dry_run(teacher, sample, "teacher_model"), dry_run(student, sample, "student_model"),
                          labels_need, files)
 

@@ -37,16 +37,18 @@ def plot_rounds(rounds: list[dict], path: Path, *, title: str, ylabel: str,
     _save_png(figure, path)
 
 
-def plot_confusion(matrix: list[list[int]], path: Path, *, title: str) -> None:
-    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
+def plot_confusion(matrix: list[list[int]], path: Path, *, title: str, labels: list[str] | None = None) -> None:
+    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted), its axes
+    labelled with the class names ``labels`` (else the class indices)."""
     classes = len(matrix)
     size = min(10, 2 + 0.5 * classes)
     figure, axes = plt.subplots(figsize=(size, size), dpi=100)
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046)
     if classes <= 20:
-        axes.set_xticks(range(classes))
-        axes.set_yticks(range(classes))
+        names = [_short(name) for name in labels] if labels else [str(index) for index in range(classes)]
+        axes.set_xticks(range(classes), names, rotation=90 if max(map(len, names)) > 3 else 0)
+        axes.set_yticks(range(classes), names)
         peak = max(max(row) for row in matrix) or 1
         for true, row in enumerate(matrix):
             for predicted, count in enumerate(row):
@@ -56,6 +58,10 @@ def plot_confusion(matrix: list[list[int]], path: Path, *, title: str) -> None:
     axes.set_ylabel("true class")
     axes.set_title(title)
     _save_png(figure, path)
+
+
+def _short(name: str, limit: int = 14) -> str:
+    return name if len(name) <= limit else name[:limit - 1] + "…"
 
 
 def _save_png(figure: plt.Figure, path: Path) -> None:

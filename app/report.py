@@ -49,7 +49,10 @@ def points(value: float) -> str:
 
 def render_report(metrics: dict) -> str:
     """The whole report.md of one site."""
-    sections = [_headline(metrics), _accuracy(metrics), _size_and_speed(metrics)]
+    sections = [_headline(metrics)]
+    if metrics.get("warnings"):
+        sections.append(_warnings(metrics["warnings"]))
+    sections += [_accuracy(metrics), _size_and_speed(metrics)]
     if "int8" in metrics:
         sections.append(_int8(metrics))
     sections += [_rounds(metrics), _per_class(metrics)]
@@ -233,12 +236,34 @@ def _rounds(metrics: dict) -> str:
             + _table(header, rows, "r" * len(header)))
 
 
+def _warnings(warnings: list[str]) -> str:
+    return "## Warnings\n\n" + "\n".join(f"- {warning}" for warning in warnings)
+
+
 def _per_class(metrics: dict) -> str:
-    per_class = metrics["student"]["per_class_accuracy"]
-    rows = [(str(label), percent(value), str(sum(metrics["student"]["confusion_matrix"][label])))
+    per_class, names = metrics["student"]["per_class_accuracy"], metrics["classes"]
+    rows = [(str(label), names[label], percent(value), str(sum(metrics["student"]["confusion_matrix"][label])))
             for label, value in enumerate(per_class)]
-    return ("## Distilled student per class\n\n" + _table(("class", "accuracy", "test images"), rows, "rrr")
+    return ("## Distilled student per class\n\n"
+            + _table(("index", "class", "accuracy", "test images"), rows, "rlrr")
             + f"\n\n![confusion matrix]({files.CONFUSION_PLOT})")
+
+
+def feeding(metrics: dict) -> str:
+    """One line: what the exported student takes as input."""
+    prep = metrics["preprocessing"]
+    shape = f"[N, {prep['channels']}, {prep['image_size'][0]}, {prep['image_size'][1]}]"
+    orders = {"grayscale": "one grayscale channel, values in [0, 1]", "RGB": "RGB channel order, values in [0, 1]"}
+    order = orders.get(prep["channel_order"], "channels and scale as the training arrays, uint8 ones divided by 255")
+    inside = (f"the normalization (mean {_values(prep['normalization']['mean'])}, std "
+              f"{_values(prep['normalization']['std'])}) is inside the exported graph"
+              if prep["normalization"] else "no normalization")
+    return (f"Feed `{files.STUDENT_ONNX}` and `{files.STUDENT_TORCHSCRIPT}` float32 images of shape {shape} "
+            f"({order}); {inside}. Output i is class i of `{files.CLASSES}`.")
+
+
+def _values(values: list[float]) -> str:
+    return "[" + ", ".join(f"{value:.4f}" for value in values) + "]"
 
 
 def _federation(federation: dict) -> str:
@@ -280,15 +305,17 @@ def _files(metrics: dict) -> str:
     torchscript_line = f"`{files.STUDENT_TORCHSCRIPT}`: " + (
         "TorchScript, runs without the model's Python file" if torchscript["exported"]
         else f"not exported ({torchscript['error']})")
+    normalized = ", which takes normalized images" if metrics["preprocessing"]["normalization"] else ""
     lines = [f"`{files.STUDENT_WEIGHTS}`: the global student's state_dict (load with `torch.load(..., "
-             "weights_only=True)` into the student model)", torchscript_line, onnx_line, int8_line]
+             f"weights_only=True)` into the student model{normalized})", torchscript_line, onnx_line, int8_line,
+             f"`{files.CLASSES}`: the class names in output order"]
     if "baseline" in metrics:
         lines.append(f"`{files.BASELINE_WEIGHTS}`: the baseline student's state_dict")
     lines += [f"`{files.METRICS}`, `{files.ROUNDS_CSV}`: every figure of this report",
               f"`{checkpoint.CHECKPOINT}`: the last round's global models; name it in `init_student` to continue "
               "training",
               f"`{files.CONFIG}`: the settings used, defaults included; `{files.LOG}`: this site's log"]
-    return "## Files\n\n" + "\n".join(f"- {line}" for line in lines)
+    return "## Files\n\n" + feeding(metrics) + "\n\n" + "\n".join(f"- {line}" for line in lines)
 
 
 def _settings(metrics: dict) -> str:

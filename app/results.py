@@ -21,7 +21,7 @@ import torch
 
 from app import checkpoint, exports, files, plots, quantization
 from app.event_logs import write_events
-from app.config import effective_document, read_document
+from app.config import KDConfig, effective_document, read_document
 from app.profile import summarize
 from app.report import render_report
 
@@ -39,10 +39,11 @@ def export_student(site: "Site") -> dict:
     out = site.output_dir / checkpoint.UNFINISHED
     _, check_images, _ = next(deployed_batches(site.test, ONNX_CHECK_SAMPLES))
     cpu_student = copy.deepcopy(site.student).cpu()   # exported on the CPU, whatever trained it
+    deployed = exports.deployable(cpu_student, site.normalization)   # takes [0, 1] images
     files.save_state_dict(site.student.state_dict(), out / files.STUDENT_WEIGHTS)
-    exported = {"torchscript": exports.export_torchscript(cpu_student, check_images[:1],
-                                                          out / files.STUDENT_TORCHSCRIPT),
-                "onnx": exports.export_onnx(cpu_student, check_images, out / files.STUDENT_ONNX)}
+    files.write_json(out / files.CLASSES, class_names(site))
+    exported = {"torchscript": exports.export_torchscript(deployed, check_images[:1], out / files.STUDENT_TORCHSCRIPT),
+                "onnx": exports.export_onnx(deployed, check_images, out / files.STUDENT_ONNX)}
     if site.config.quantize:
         exported["int8"] = _export_int8(site, out)
     return exported
@@ -51,8 +52,9 @@ def export_student(site: "Site") -> dict:
 def deployed_batches(data: "Data", batch_size: int, **options) -> Iterator[Batch]:
     """Batches of ``data`` as the exported models take them (``Data.batches`` options), for every
     check of an export and for the int8 calibration: those models must see what a deployment
-    gives them, so all of them take their images from here."""
-    return iter(data.batches(batch_size, **options))
+    gives them, [0, 1] images (the normalization is in their graph), so all of them take their
+    images from here."""
+    return iter(data.batches(batch_size, normalized=False, **options))
 
 
 def _export_int8(site: "Site", out) -> dict:
@@ -103,6 +105,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     out = site.output_dir / checkpoint.UNFINISHED
     if exported is None:
         exported = export_student(site)
+    config = effective_config(site)
     teacher_size = teacher_summary(site.teacher, site.train.sample_shape)
     student_size = summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
     metrics = {
@@ -114,7 +117,10 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
         "first_round": site.first_round + 1,
         "data": {"train_samples": len(site.train), "test_samples": len(site.test),
                  "num_classes": site.num_classes, "sample_shape": list(site.train.sample_shape)},
-        "config": site.config.model_dump(),
+        "classes": class_names(site),
+        "preprocessing": preprocessing(site),
+        "warnings": site.warnings,
+        "config": config.model_dump(),
     }
     if "baseline" in site.evaluations:
         metrics["baseline"] = site.evaluations["baseline"].as_dict()
@@ -128,8 +134,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     if "baseline" in site.models:
         files.save_state_dict(site.models["baseline"].state_dict(), out / files.BASELINE_WEIGHTS)
     _write_plots(metrics, out)
-    files.write_config(effective_document(read_document(site.input_dir / files.CONFIG), site.config),
-                       out / files.CONFIG)
+    files.write_config(effective_document(read_document(site.input_dir / files.CONFIG), config), out / files.CONFIG)
     files.write_rounds_csv(site.rounds, out / files.ROUNDS_CSV)
     metrics["seconds"] = time.time() - site.started
     files.write_json(out / files.METRICS, metrics)
@@ -152,6 +157,33 @@ def teacher_summary(teacher: torch.nn.Module, sample_shape: tuple[int, ...]) -> 
 
 
 _TEACHER_SUMMARIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def class_names(site: "Site") -> list[str]:
+    """The name of each model output, in index order: the agreed class list (outputs beyond it
+    belong to no class), or the label numbers of arrays."""
+    names = site.classes or []
+    return names + [str(index) if not names else f"output {index} (no class)"
+                    for index in range(len(names), site.num_classes)]
+
+
+def preprocessing(site: "Site") -> dict:
+    """How images reach the models (and must reach the exported student): size, channels, normalization."""
+    channels, height, width = site.train.sample_shape
+    normalization = site.normalization.as_dict() if site.normalization else None
+    if normalization:
+        normalization.update(site.pooled_from)
+    return {"image_size": [height, width], "channels": channels,
+            "channel_order": {1: "grayscale", 3: "RGB"}.get(channels) if site.channels else "as in the arrays",
+            "normalize": site.config.normalize if isinstance(site.config.normalize, str) else "mean/std",
+            "normalization": normalization}
+
+
+def effective_config(site: "Site") -> KDConfig:
+    """The config with what the federation agreed in place of unset keys (class list, channels)."""
+    agreed = {key: value for key, value in (("classes", site.classes), ("channels", site.channels))
+              if getattr(site.config, key) is None and value is not None}
+    return site.config.model_copy(update=agreed)
 
 
 def teacher_source(site: "Site") -> str:
@@ -216,7 +248,7 @@ def _write_plots(metrics: dict, out) -> None:
     plots.plot_rounds(rounds, out / files.LOSS_PLOT, title=f"Loss per round at {site}", ylabel="loss",
                       series=loss_series, references={"teacher test loss": metrics["teacher"]["loss"]})
     plots.plot_confusion(metrics["student"]["confusion_matrix"], out / files.CONFUSION_PLOT,
-                         title=f"Distilled student on {site}'s test set")
+                         title=f"Distilled student on {site}'s test set", labels=metrics["classes"])
     if "federation" in metrics:
         federation = metrics["federation"]
         plots.plot_rounds(federation["rounds"], out / files.FEDERATION_PLOT,

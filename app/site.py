@@ -3,9 +3,12 @@
 The FeatureCloud states call these methods in order and move their results
 between sites:
 
-    site = Site.load(input_dir, output_dir, name)      # every site: config, models, data, dry run
-    plan = site.make_plan()                            # coordinator: run plan + initial weights
-    site.adopt_plan(plan)                              # every site: same config? same student?
+    site = Site.load(input_dir, output_dir, name)      # every site: config, models, data listed
+    survey = site.survey()                             # every site: class folders, colour (to the coordinator)
+    plan = site.make_plan(surveys)                     # coordinator: classes, channels, initial weights
+    site.adopt_plan(plan)                              # every site: same config? same student? decode, dry run
+    sums = site.channel_sums()                         # every site, with normalize: federated ...
+    site.adopt_normalization(site.pool_channel_sums(received))  # ... the coordinator pools them
     payload = site.teacher_round(t)                    # every site, per federated teacher round
     site.apply_teacher(site.aggregate(received, sites), t)  # (only with teacher_rounds > 0)
     site.prepare_teacher()                             # every site: local epochs, accuracy, logits cache
@@ -30,13 +33,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from app import checkpoint
+from app import checkpoint, normalization
 from app.aggregation import batchnorm_keys, to_arrays, to_state_dict
+from app.agreement import agree_channels, agree_classes
 from app.config import KDConfig, differences, load_config
-from app.data import Data, LabelsFile, check_compatible, load_dataset
-from app.errors import ConfigError, FederationError
+from app.data import (Data, Decoding, ImageFolderSource, LabelsFile, Source, TensorData, check_compatible,
+                      decode_folders, open_dataset, unknown_folder_error)
+from app.errors import ConfigError, DataError, FederationError
+from app.images import has_colour
 from app.model_checks import agreed_classes
 from app.model_files import build_model
+from app.normalization import Normalization
 from app.server_optimizer import ServerOptimizer
 from app.weights import load_weights, state_signature
 from app.training import Evaluation, compute_logits, evaluate, resolve_device, train_local
@@ -50,7 +57,10 @@ CONFIG_FILE = "config.yml"
 # site also reads its own copy for the BatchNorm layers it keeps).
 SITE_LOCAL_KEYS = ("train_dataset", "test_dataset", "train_labels", "test_labels", "image_shape",
                    "teacher_model", "teacher_args",
-                   "teacher_weights", "student_model", "init_student", "device")
+                   "teacher_weights", "student_model", "init_student", "device", "image_memory_mb")
+# Float images above this while normalize is set were most likely never scaled from 0..255 to [0, 1].
+UNSCALED_FLOATS = 2.0
+SECURE_SUM_SITES = 3   # with fewer, the coordinator can subtract its own update from the sum
 
 
 def resolve_input(input_dir: Path, name: str, key: str) -> Path:
@@ -67,8 +77,9 @@ class Site:
     """The state of one site: its config, models, data and the rounds so far."""
 
     def __init__(self, name: str, input_dir: Path, output_dir: Path, config: KDConfig,
-                 teacher: torch.nn.Module, student: torch.nn.Module, train: Data, test: Data,
-                 num_classes: int, device: torch.device, log: Callable[[str], None]) -> None:
+                 teacher: torch.nn.Module, student: torch.nn.Module, sources: dict[str, Source],
+                 device: torch.device, log: Callable[[str], None],
+                 status: Callable[[str], None] | None = None) -> None:
         self.name = name
         self.input_dir = input_dir
         self.output_dir = output_dir
@@ -86,11 +97,21 @@ class Site:
         self.server = ServerOptimizer(config, {name: {key for key, p in model.named_parameters() if p.requires_grad}
                                                - self.local_keys[name] for name, model in self.models.items()})
         self.previous: Models = {}   # the global models this round starts from (same at every site)
-        self.train = train
-        self.test = test
-        self.num_classes = num_classes
+        self.sources = sources
+        # Set by _prepare_data (at load for arrays, by adopt_plan for image folders): the data, the
+        # agreed class names (None: integer labels of arrays), channels (None: the arrays' own) and
+        # the class count of the models.
+        self.train: Data = None   # type: ignore[assignment]
+        self.test: Data = None    # type: ignore[assignment]
+        self.classes: list[str] | None = None
+        self.channels: int | None = None
+        self.num_classes = 0
+        self.normalization: Normalization | None = None
+        self.pooled_from: dict = {}      # normalize: federated: how many pixels and sites the statistics cover
+        self.warnings: list[str] = []   # also shown in report.md
         self.device = device
         self._log = log
+        self.status = status or (lambda message: None)
         self.log_lines: list[str] = []
         self.teacher_logits: torch.Tensor | None = None
         self.teacher_evaluation: Evaluation | None = None
@@ -107,55 +128,96 @@ class Site:
     # ------------------------------------------------------------------ set-up
     @classmethod
     def load(cls, input_dir: Path, output_dir: Path, name: str, log: Callable[[str], None] = print,
-             data_dir: Path | None = None, teacher: torch.nn.Module | None = None) -> "Site":
-        """Read config, data and model files and dry-run one batch through both models.
+             data_dir: Path | None = None, teacher: torch.nn.Module | None = None,
+             status: Callable[[str], None] | None = None) -> "Site":
+        """Read config and model files, read array datasets and list image folders. A site reading
+        arrays only also dry-runs one batch through both models; image folders wait for the plan.
 
         ``data_dir``: the folder of the datasets (a cross-validation fold's; the input folder by
-        default). ``teacher``: a frozen teacher another fold of this site loaded already."""
+        default). ``teacher``: a frozen teacher another fold of this site loaded already. ``status``
+        receives short progress messages (decoding) for the status line."""
         config = load_config(input_dir / CONFIG_FILE)
         device = resolve_device(config.device)
 
         def path_of(key: str, folder: Path = input_dir) -> Path:
             return resolve_input(folder, getattr(config, key), key)
 
-        def dataset(role: str) -> Data:
+        def dataset(role: str) -> Source:
             labels = f"{role}_labels"
-            return load_dataset(path_of(f"{role}_dataset", data_dir or input_dir), f"{role}_dataset",
+            return open_dataset(path_of(f"{role}_dataset", data_dir or input_dir), f"{role}_dataset",
                                 LabelsFile(path_of(labels, data_dir or input_dir), labels)
                                 if getattr(config, labels) else None, config.image_shape, root=input_dir)
 
-        train, test = dataset("train"), dataset("test")
-        check_compatible(train, test)
+        sources = {f"{role}_dataset": dataset(role) for role in ("train", "test")}
+        for source in sources.values():
+            if isinstance(source, ImageFolderSource) and config.classes is not None:
+                unknown = sorted(set(source.classes) - set(config.classes))
+                if unknown:
+                    raise unknown_folder_error(source, unknown[0], config.classes)
         torch.manual_seed(config.seed)   # an untrained teacher and the student start alike everywhere
         if teacher is None:
             teacher = build_model(path_of("teacher_model"), config.teacher_args, "teacher_model")
             if config.teacher_weights:
                 load_weights(teacher, path_of("teacher_weights"), "teacher_weights")
         student = build_model(path_of("student_model"), config.student_args, "student_model")
-        num_classes = agreed_classes(teacher, student, train, test, (config.teacher_model, config.student_model))
-        site = cls(name, input_dir, output_dir, config, teacher.to(device), student.to(device),
-                   train, test, num_classes, device, log)
-        site.log(f"site {name}: {len(train)} training and {len(test)} test samples of shape "
-                 f"{list(train.sample_shape)}, {num_classes} classes, device {device}")
+        site = cls(name, input_dir, output_dir, config, teacher.to(device), student.to(device), sources, device,
+                   log, status)
+        folders = [source for source in sources.values() if isinstance(source, ImageFolderSource)]
+        for source in folders:
+            site._report_folder(source)
+        if not folders:   # arrays need nothing from the other sites: ready (and dry-run) at once
+            site._prepare_data(config.classes, config.channels)
         return site
+
+    def _report_folder(self, source: ImageFolderSource) -> None:
+        folders = source.folders
+        self.log(f"{source.name}: {len(source):,} image files in {len(source.classes)} class folders")
+        if folders.empty:
+            names = ", ".join(folders.empty)
+            self.warn(f"{source.name}: class folder {names} holds no files and is skipped" if len(folders.empty) == 1
+                      else f"{source.name}: class folders {names} hold no files and are skipped")
+        if folders.loose_files:
+            self.log(f"{source.name}: {len(folders.loose_files)} file(s) next to the class folders are ignored "
+                     f"({', '.join(folders.loose_files[:3])}); only files inside class folders are images")
+
+    def survey(self) -> dict:
+        """What the coordinator needs from this site to fix classes and channels: class folder names,
+        whether arrays are read too, whether any training image has colour. No pixel leaves the site."""
+        folders = [source for source in self.sources.values() if isinstance(source, ImageFolderSource)]
+        colour = None
+        if folders and self.config.channels is None:   # the training folder decides, the test folder if none
+            folders[0].colour = colour = has_colour(folders[0].folders.files, folders[0].name)
+        return {"site": self.name,
+                "classes": sorted({name for source in folders for name in source.classes}) if folders else None,
+                "arrays": any(not isinstance(source, ImageFolderSource) for source in self.sources.values()),
+                "colour": colour}
 
     def log(self, message: str) -> None:
         self.log_lines.append(f"{time.strftime('%H:%M:%S')} {message}")
         self._log(message)
 
+    def warn(self, message: str) -> None:
+        """A log line the report repeats: something the user should look at, not an error."""
+        self.warnings.append(message)
+        self.log(f"WARNING: {message}")
+
     def shared_config(self) -> dict:
         return {key: value for key, value in self.config.model_dump().items() if key not in SITE_LOCAL_KEYS}
 
-    def make_plan(self) -> dict:
-        """The coordinator's run plan: shared settings and the weights every site starts from."""
+    def make_plan(self, surveys: list[dict] | None = None) -> dict:
+        """The coordinator's run plan from every site's survey (only its own if None): shared
+        settings, the class list, the channels, and the weights every site starts from."""
+        surveys = surveys if surveys is not None else [self.survey()]
         shared = self.shared_config()
         start = {"round": 0, "student": to_arrays(self.student.state_dict())}
         if self.config.init_student:
             path = resolve_input(self.input_dir, self.config.init_student, "init_student")
             start = self._initial_student(path)
             self._resume_server(start.pop(checkpoint.SERVER), start["round"], path)
-        plan = {"coordinator": self.name, "config": shared,
-                "num_classes": self.num_classes, "signature": state_signature(self.student),
+        plan = {"coordinator": self.name, "config": shared, "sites": len(surveys),
+                "classes": agree_classes(surveys, self.config.classes),
+                "channels": agree_channels(surveys, self.config.channels),
+                "signature": state_signature(self.student),
                 "first_round": start["round"],
                 "models": {name: start.get(name) or start["student"] for name in self.models}}
         if self.config.teacher_rounds:   # the federation trains one teacher, from the coordinator's weights
@@ -201,7 +263,8 @@ class Site:
         self.server.load_state_dict(saved)
 
     def adopt_plan(self, plan: dict) -> None:
-        """Check this site agrees with the coordinator's plan, then take its initial weights."""
+        """Check this site agrees with the coordinator's plan, decode its images with the agreed
+        classes and channels, run one batch through both models, take the initial weights."""
         theirs = KDConfig.model_validate({**self.config.model_dump(), **plan["config"]},
                                          context={"require_teacher": False})
         differing = differences(self.config, theirs, ignore=SITE_LOCAL_KEYS)
@@ -210,13 +273,16 @@ class Site:
                 f"site {self.name}'s config.yml disagrees with the coordinator's on "
                 f"{', '.join(d.split(':')[0] for d in differing)}: " + "; ".join(differing)
                 + ". Use the same values at every site (ship config.yml in the generic folder).")
+        if self.train is None:   # image folders: decoded now that classes and channels are agreed
+            self._prepare_data(plan["classes"], plan["channels"])
         self._check_same_architecture("student", self.student, plan["signature"])
         if "teacher" in plan:
             self._check_same_architecture("teacher", self.teacher, plan["teacher_signature"])
-        if plan["num_classes"] != self.num_classes:
-            raise FederationError(
-                f"site {self.name}'s models output {self.num_classes} classes, the coordinator's "
-                f"{plan['num_classes']}. Use the same model files at every site.")
+        if self.config.use_smpc and plan["sites"] < SECURE_SUM_SITES:
+            self.warn(f"use_smpc with {plan['sites']} site{'s' if plan['sites'] > 1 else ''}: the coordinator "
+                      "receives the sum of every site's update and knows its own, so it can subtract its own from "
+                      "the sum and learn the other site's update exactly (students, normalization statistics); "
+                      f"secure aggregation hides single updates only with {SECURE_SUM_SITES} or more sites")
         for name, model in self.models.items():
             _load_entries(model, plan["models"][name])
         if "teacher" in plan:
@@ -229,6 +295,78 @@ class Site:
         self.first_round = plan["first_round"]
         if self.config.fedbn and self.config.init_student and plan["coordinator"] != self.name:
             self._resume_own_layers()
+
+    def _prepare_data(self, classes: list[str] | None, channels: int | None) -> None:
+        """Decode the image folders (agreed classes and channels), check the arrays against the
+        preprocessing keys, dry-run both models, set a fixed normalization."""
+        config = self.config
+        self.classes, self.channels = classes, channels
+        if classes is not None:
+            self.log(f"classes agreed by the federation: {', '.join(classes)}")
+        if channels is not None:
+            self.log(f"image folders decoded to {channels} channel{'s' if channels > 1 else ''}"
+                     + (f", resized to {config.image_hw[0]}×{config.image_hw[1]}" if config.image_hw else ""))
+        data = decode_folders(self.sources, Decoding(
+            classes or [], channels or 3, size=config.image_hw, memory_bytes=config.image_memory_mb * 2 ** 20,
+            status=self.status, log=self.log))
+        for key, source in self.sources.items():
+            if not isinstance(source, ImageFolderSource):
+                self._check_arrays(key, data[key])
+        self.train, self.test = data["train_dataset"], data["test_dataset"]
+        check_compatible(self.train, self.test)
+        self.num_classes = agreed_classes(self.teacher, self.student, self.train, self.test,
+                                          (config.teacher_model, config.student_model), self.device,
+                                          classes=classes)
+        self.log(f"site {self.name}: {len(self.train)} training and {len(self.test)} test samples of shape "
+                 f"{list(self.train.sample_shape)}, {self.num_classes} classes, device {self.device}")
+        fixed = normalization.fixed(config.normalize, self.train.sample_shape[0])
+        if fixed is not None:
+            self.adopt_normalization(fixed.as_dict())
+
+    def _check_arrays(self, key: str, data: Data) -> None:
+        """Arrays are used as they are: image_size and channels, if set, must describe them already;
+        labels must index the class list; floats far above 1 are reported when normalizing."""
+        config, (channels, *size) = self.config, data.sample_shape
+        if config.image_hw and tuple(size) != config.image_hw or config.channels and channels != config.channels:
+            raise DataError(
+                f"{data.name}: the arrays hold images of {channels}×{size[0]}×{size[1]} (channels×height×width), "
+                f"but config.yml asks for {config.channels or channels}×"
+                f"{'×'.join(map(str, config.image_hw or size))}. image_size and channels resize and convert "
+                "image files only: save the arrays at that size, or unset image_size/channels.")
+        if self.classes is not None and data.num_classes_seen > len(self.classes):
+            raise DataError(f"{data.name}: labels go up to {data.num_classes_seen - 1}, but classes names only "
+                            f"{len(self.classes)} classes. Add the missing names to classes in config.yml.")
+        if config.normalize != "none" and isinstance(data, TensorData) and data.images.is_floating_point():
+            largest = float(data.images.max())
+            if largest > UNSCALED_FLOATS:
+                self.warn(f"{data.name}: float images reach {largest:g} while normalize is set: they look like "
+                          "0..255 values that were never scaled to [0, 1]. They are used as they are, so the models "
+                          "(a pretrained teacher above all) see values far from what the normalization expects; "
+                          "divide them by 255 or save them as uint8")
+
+    def needs_channel_sums(self) -> bool:
+        """Whether the federation computes the normalization from every site's images."""
+        return self.config.normalize == "federated"
+
+    def channel_sums(self) -> list[float]:
+        """This site's pixel count and per-channel sums and sums of squares of its training images."""
+        return normalization.channel_sums(self.train)
+
+    def pool_channel_sums(self, received: object, sites: int) -> dict:
+        """The coordinator's federated normalization from every site's channel sums (or their secure sum)."""
+        totals = normalization.total(received, summed=self.wire.smpc)
+        return {**normalization.pooled(totals).as_dict(), "pixels": int(round(totals[0])), "sites": sites}
+
+    def adopt_normalization(self, statistics: dict) -> None:
+        """Normalize every batch of this site's data from now on: training, evaluation, the teacher's
+        logits; exports carry it in their graph."""
+        self.normalization = Normalization(tuple(statistics["mean"]), tuple(statistics["std"]))
+        self.pooled_from = {key: statistics[key] for key in ("pixels", "sites") if key in statistics}
+        for data in (self.train, self.test):
+            data.normalization = self.normalization
+        source = {"federated": "over every site's training images"}.get(self.config.normalize, "")
+        self.log(f"normalize {self.config.normalize if isinstance(self.config.normalize, str) else 'mean/std'}: "
+                 f"mean {_rounded(self.normalization.mean)}, std {_rounded(self.normalization.std)} {source}".rstrip())
 
     def _check_same_architecture(self, role: str, model: torch.nn.Module, theirs: list) -> None:
         mine = state_signature(model)
@@ -353,6 +491,10 @@ def _load_entries(model: torch.nn.Module, weights: dict, only: set[str] | None =
     state = model.state_dict()
     state.update({key: value for key, value in to_state_dict(weights).items() if only is None or key in only})
     model.load_state_dict(state)
+
+
+def _rounded(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{value:.4f}" for value in values) + "]"
 
 
 def _as_lists(signature: list) -> list:

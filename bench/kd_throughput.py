@@ -100,7 +100,7 @@ def cached_kd_epoch(student: nn.Module, data: TensorData, settings: KDConfig,
 
 def seed_loop_epoch(student: nn.Module, teacher: nn.Module, data: TensorData, settings: KDConfig) -> Epoch:
     """(b) the original apps' loop, written plainly: DataLoader, teacher on every batch."""
-    loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=settings.batch_size, shuffle=True)
+    loader = DataLoader(TensorDataset(data.float_images(), data.labels), batch_size=settings.batch_size, shuffle=True)
     optimizer = torch.optim.Adam(student.parameters(), lr=settings.learning_rate)
     teacher.eval()
 
@@ -149,7 +149,7 @@ def time_caching(teacher: nn.Module, data: TensorData) -> tuple[torch.Tensor, fl
     """
     with torch.inference_mode():
         teacher.eval()
-        teacher(data.images[:DRY_RUN_BATCH])
+        teacher(next(data.batches(DRY_RUN_BATCH))[1])
     started = time.perf_counter()
     logits = compute_logits(teacher, data)
     return logits, time.perf_counter() - started

@@ -8,6 +8,7 @@ import json
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from FeatureCloud.app.engine.app import AppState, DPNoisetype, State
 
@@ -94,18 +95,22 @@ class KDState(AppState):
                                   "differential privacy the others' accuracy arrives at the end of the run.")
         BOARD.publish(federation=federation)
 
-    def exchange(self, payload: object, memo: str) -> dict:
-        """Send this site's update the way the config asks (plain, through the controller's secure
-        sum, with its differential-privacy noise); the coordinator turns what it receives into the
-        global models and broadcasts them; every site, the coordinator included, returns them."""
+    def exchange(self, payload: object, memo: str, combine: Callable[[object, int], object] | None = None,
+                 noised: bool = True) -> Any:
+        """Send this site's update the way the config asks (plain, or through the controller's secure
+        sum; with its differential-privacy noise unless ``noised`` is False); the coordinator turns what
+        it receives into the global result (``combine``, by default the global models) and broadcasts
+        it; every site, the coordinator included, returns it. Memos: ``<memo>_update``, ``<memo>_global``."""
         site, update = self.site, f"{memo}_update"
         wire = site.wire
-        self.send_data_to_coordinator(payload, use_smpc=wire.smpc, use_dp=wire.dp, memo=update)
+        use_dp = wire.dp and noised
+        self.send_data_to_coordinator(payload, use_smpc=wire.smpc, use_dp=use_dp, memo=update)
         if self.is_coordinator:
-            received = (self.aggregate_data(use_smpc=True, use_dp=wire.dp, memo=update) if wire.smpc
-                        else self.gather_data(use_dp=wire.dp, memo=update))
-            self.store("summaries", site.summaries(received))
-            self.broadcast_data(site.aggregate(received, sites=len(self.clients)), memo=f"{memo}_global")
+            received = (self.aggregate_data(use_smpc=True, use_dp=use_dp, memo=update) if wire.smpc
+                        else self.gather_data(use_dp=use_dp, memo=update))
+            if combine is None:   # the models' exchange: plain updates carry each site's summary
+                self.store("summaries", site.summaries(received))
+            self.broadcast_data((combine or site.aggregate)(received, len(self.clients)), memo=f"{memo}_global")
         return self.await_data(memo=f"{memo}_global")
 
     def configure_privacy(self) -> None:

@@ -3,8 +3,9 @@
     initial ──> teacher ──(teacher round)──> teacher ... ──> distill ──(next round)──> distill ...
             ──> write_results ──> terminal
 
-One transition per round, because each costs the engine's TRANSITION_WAIT.
-Memos name the phase and round (``plan``, ``t2_update``, ``r3_update``,
+One transition per round, because each costs the engine's TRANSITION_WAIT; the initial
+state makes its several exchanges without one. Memos name the phase and round
+(``survey``, ``plan``, ``norm_update``, ``norm_global``, ``t2_update``, ``r3_update``,
 ``r3_global``, ``done``): URL-safe and unique, as the engine requires.
 """
 from __future__ import annotations
@@ -13,25 +14,31 @@ from FeatureCloud.app.engine.app import Role, app_state
 
 from app.files import REPORT
 from app.folds import Folds
-from states.base import BOARD, PATHS, RESULTS_SHARE, KDState
+from states.base import BOARD, PATHS, RESULTS_SHARE, SETUP_SHARE, KDState
 
 
 @app_state("initial", Role.BOTH)
 class InitialState(KDState):
-    """Load config, models and data; agree on the run plan and the initial weights."""
+    """Load config, models and data; agree on classes, channels, the run plan, the initial weights
+    and, with normalize: federated, the normalization statistics."""
 
     def register(self) -> None:
         self.register_transition("teacher", Role.BOTH)
 
     def step(self) -> str:
         self.report("checking config, models, data", 0.0)
-        site = Folds.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.site_log)
+        site = Folds.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.site_log,
+                          status=lambda message: self.report(message, SETUP_SHARE / 2))
         self.store("site", site)
         BOARD.publish(site=site.name, coordinator=self.is_coordinator, rounds_total=site.config.max_iter)
         self.configure_privacy()
+        self.send_data_to_coordinator(site.survey(), memo="survey")
         if self.is_coordinator:
-            self.broadcast_data(site.make_plan(), memo="plan")
+            self.broadcast_data(site.make_plan(self.gather_data(memo="survey")), memo="plan")
         site.adopt_plan(self.await_data(memo="plan"))
+        if site.needs_channel_sums():   # secure-summed under use_smpc; never noised: they are no update
+            site.adopt_normalization(self.exchange(site.channel_sums(), memo="norm",
+                                                   combine=site.pool_channel_sums, noised=False))
         self.store("teacher_round", 0)
         return "teacher"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -57,3 +58,28 @@ def small_federation(tmp_path):
                    for i in range(sites)]
         return generic, clients
     return make
+
+
+def image_folders(folder: Path, source: str = "c1", n_train: int = 300, n_test: int = 100, part: int = 0,
+                  lacking: tuple[int, ...] = (), suffix: str = ".png") -> Path:
+    """``folder``/train and ``folder``/test with one sub-folder per digit of image files made from a
+    slice of sample_data/<source>'s real MNIST arrays; the digits in ``lacking`` get no folder."""
+    for split, count in (("train", n_train), ("test", n_test)):
+        with np.load(SAMPLE / source / f"{split}.npz") as archive:
+            chosen = slice(part * count, (part + 1) * count)
+            images, labels = archive["images"][chosen], archive["labels"][chosen]
+        for index, (pixels, label) in enumerate(zip(images, labels)):
+            if int(label) in lacking:
+                continue
+            target = folder / split / str(int(label))
+            target.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(target / f"{index:05}{suffix}")
+    return folder
+
+
+def folder_federation(root: Path, sites: list[dict], **overrides) -> tuple[Path, list[Path]]:
+    """generic/ (sample models and teacher, config reading train/ and test/ folders) and one client
+    folder per entry of ``sites`` (keyword arguments of ``image_folders``)."""
+    generic = generic_dir(root / "generic", train_dataset="train", test_dataset="test", **overrides)
+    clients = [image_folders(root / f"site{number}", **site) for number, site in enumerate(sites, start=1)]
+    return generic, clients

@@ -18,10 +18,12 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scripts.make_sample_data import write_folds
 from testbed.controller import Timeouts, run_federation
-from tests.conftest import REPO, SAMPLE, cut_site, generic_dir, sample_config, write_config
+from tests.conftest import REPO, SAMPLE, cut_site, generic_dir, image_folders, sample_config, write_config
+from tests.test_images import bomb_png, save, truncated_jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +175,22 @@ def diverging_training(sites: Sites) -> None:
                                  "loss": "mse", "batch_size": 32})
     cut_site("c1", sites.good, 32, N_TEST)
     cut_site("c2", sites.bad, 256, N_TEST)
+
+
+def photos(edit: Callable[[Path], object] = lambda train: None, **settings) -> Callable[[Sites], None]:
+    """Both sites read train/ and test/ class folders of PNG files (their MNIST slices) with the shared
+    ``settings``; ``edit`` then spoils the bad site's train/ folder."""
+    def breaks(sites: Sites) -> None:
+        write_config(sites.generic, {**BASE, "train_dataset": "train", "test_dataset": "test", **settings})
+        for folder in (sites.bad, sites.good):
+            image_folders(folder, source="c" + folder.name[-1], n_train=N_TRAIN, n_test=N_TEST)
+        edit(sites.bad / "train")
+    return breaks
+
+
+def emptied(train: Path) -> None:
+    for image in train.glob("*/*"):
+        image.unlink()
 
 
 # --------------------------------------------------------------------------- model files
@@ -336,6 +354,31 @@ CASES = [
          ("site site1: fold '1' has no training file: train_dataset 'data/1/train.npy' does not exist "
           "(data/1/ holds: test.npy)", "Every fold folder needs the training and test files under the same names"),
          site="site1"),
+    # image folders
+    Case("image-truncated-jpeg", photos(lambda train: truncated_jpeg(train / "3" / "scan.jpg")),
+         ("train_dataset 'train': cannot decode 'train/3/scan.jpg'", "truncated or corrupt",
+          "Replace it with a good copy or delete it")),
+    Case("image-folder-holds-a-text-file", photos(lambda train: (train / "7" / "notes.txt").write_text("ok")),
+         ("train_dataset 'train': 'train/7/notes.txt' is not an image file",
+          "Delete it or move it out of the class folder"), site="site1"),
+    Case("image-folder-has-no-images", photos(emptied),
+         ("train_dataset 'train': no images found in", "only empty class folders (0, 1, 2",
+          "Put each class's images in its own sub-folder")),
+    Case("image-decompression-bomb", photos(lambda train: bomb_png(train / "3" / "huge.png")),
+         ("train_dataset 'train': 'train/3/huge.png' is a decompression bomb by PIL's limit",
+          "Replace it with a smaller image")),
+    Case("image-class-folder-not-in-classes",
+         photos(lambda train: save(Image.new("L", (28, 28)), train / "10" / "x.png"), classes=list(range(10))),
+         ("train_dataset 'train': class folder '10' is not in classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)",
+          "Add '10' to classes in config.yml, or move that folder out of train/")),
+    Case("image-sizes-differ-without-image-size",
+         photos(lambda train: save(Image.new("L", (40, 28)), train / "5" / "wide.png")),
+         ("train_dataset 'train': 'train/5/wide.png' is 28×40 pixels (height×width) but 'train/0/",
+          "Set image_size in config.yml (e.g. image_size: 28)")),
+    Case("image-size-zero", config(image_size=0),
+         ("config.yml: image_size: 0 — must be a whole number of pixels from 1 to 4096",)),
+    Case("image-size-above-4096", config(image_size=[28, 5000]),
+         ("config.yml: image_size: [28, 5000] — must be a whole number of pixels from 1 to 4096",)),
     # training
     Case("learning-rate-diverges", diverging_training,
          ("training the student diverged: the loss became nan", "with learning_rate 10",

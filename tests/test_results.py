@@ -59,7 +59,7 @@ def predict(session, images: torch.Tensor) -> np.ndarray:
 def site_test_set(folder):
     """The coordinator's test images and labels, read from its input folder as a user would."""
     data = load_dataset(folder.parent / "in_c1" / "test.npz", "test_dataset")
-    return data.images, data.labels
+    return data.float_images(), data.labels
 
 
 def table(markdown: str, heading: str) -> dict[str, list[str]]:
@@ -147,7 +147,8 @@ def test_onnx_export_predicts_like_pytorch(outputs, models):
 
 def test_int8_model_predicts_like_the_float_model_on_the_sample_federations_test_images(models):
     student, sessions = models
-    images = torch.cat([load_dataset(SAMPLE / site / "test.npz", "test_dataset").images for site in ("c1", "c2")])
+    images = torch.cat([load_dataset(SAMPLE / site / "test.npz", "test_dataset").float_images()
+                        for site in ("c1", "c2")])
     with torch.no_grad():
         expected = student(images).argmax(1).numpy()
     float_predictions = predict(sessions["float"], images).argmax(1)
@@ -227,7 +228,7 @@ def test_report_int8_section_and_federation_column_equal_metrics(outputs):
 @pytest.mark.parametrize("black", [False, True])
 def test_a_single_calibration_image_gives_a_model_and_a_clear_note(outputs, tmp_path, black):
     folder, metrics = outputs
-    image = load_dataset(folder.parent / "in_c1" / "train.npz", "train_dataset").images[:1].numpy()
+    image = load_dataset(folder.parent / "in_c1" / "train.npz", "train_dataset").float_images()[:1].numpy()
     images, labels = site_test_set(folder)
     test = [(batch.numpy(), batch_labels.numpy()) for batch, batch_labels in zip(images.split(64), labels.split(64))]
     int8 = with_accuracy_change(quantization.export_int8(folder / "student.onnx", 0 * image if black else image,

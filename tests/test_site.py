@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from app.aggregation import batchnorm_keys, flatten
-from app.errors import ConfigError, FederationError
+from app.errors import ConfigError, DataError, FederationError
 from app.results import write_outputs
 from app.site import Site
 from testbed.privacy import smpc_sum
@@ -213,3 +213,29 @@ def test_fedbn_keeps_batchnorm_local_and_averages_the_rest(tmp_path):
             assert not torch.equal(value, second[key]), key
         elif key not in batchnorm:
             assert torch.equal(value, second[key]), key
+
+
+@pytest.mark.parametrize("normalize, scale, warned", [("imagenet", 255.0, True), ("none", 255.0, False),
+                                                      ("federated", 1.0, False)])
+def test_float_images_far_above_1_while_normalizing_are_used_as_they_are_with_a_warning(
+        tmp_path, normalize, scale, warned):
+    folder = site_input(tmp_path / "in", n_train=64, n_test=32, normalize=normalize)
+    with np.load(folder / "train.npz") as archive:
+        floats = archive["images"].astype(np.float32) / 255 * scale
+        np.savez(folder / "train.npz", images=floats, labels=archive["labels"])
+    site = Site.load(folder, tmp_path / "out", "c1", log=lambda message: None)
+    site.adopt_plan(site.make_plan())
+    found = [warning for warning in site.warnings if "float images reach 255" in warning]
+    assert bool(found) == warned
+    if warned:
+        assert found[0].startswith("train_dataset 'train.npz': float images reach 255 while normalize is set")
+        assert "They are used as they are" in found[0] and "divide them by 255" in found[0]
+        _, images, _ = next(site.train.batches(64, normalized=False))
+        assert float(images.max()) == 255.0
+
+
+def test_image_size_and_channels_that_do_not_describe_the_arrays_are_named(tmp_path):
+    with pytest.raises(DataError, match=r"train_dataset 'train.npz': the arrays hold images of 1×28×28 "
+                                        r"\(channels×height×width\), but config.yml asks for 3×28×28. image_size "
+                                        r"and channels resize and convert image files only"):
+        load(tmp_path, n_train=64, channels=3)

@@ -159,11 +159,12 @@ def test_each_upstream_layout_gives_the_same_data_and_student_as_the_apps_own_np
         own_student = trained_student(own)
     else:
         own, own_student = reference
+    student = trained_student(upstream)   # the site's data is ready once it adopted the plan
     for role in ("train", "test"):
         mine, theirs = getattr(upstream, role), getattr(own, role)
-        assert torch.equal(mine.images, theirs.images) and mine.images.dtype == torch.float32
+        assert torch.equal(mine.images, theirs.images) and mine.images.dtype == theirs.images.dtype
+        assert torch.equal(mine.float_images(), theirs.float_images())
         assert torch.equal(mine.labels, theirs.labels)
-    student = trained_student(upstream)
     assert all(torch.equal(student[key], value) for key, value in own_student.items())
 
 
