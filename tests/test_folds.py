@@ -142,7 +142,7 @@ def test_a_folds_teacher_trains_on_that_folds_training_files_only(tmp_path):
     folds.prepare_teacher()
     assert len({id(site.teacher) for site in folds.sites.values()}) == len(FOLDS)
     for fold, site in folds.sites.items():
-        train, test = image_digests(site.train.images), image_digests(site.test.images)
+        train, test = image_digests(site.train.float_images()), image_digests(site.test.float_images())
         assert seen[fold] == train   # every training image, in the teacher round and the local epoch
         assert not seen[fold] & test
 
