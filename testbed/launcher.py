@@ -150,8 +150,9 @@ class LocalProcessLauncher:
 
     def start(self, spec: ClientSpec) -> LocalClient:
         port = self._free_port()
+        # The client runs in the app's folder, not the caller's: its folders go to it resolved.
         command = [self.python, str(self.entry), "serve", "--port", str(port),
-                   "--input-dir", str(spec.input_dir), "--output-dir", str(spec.output_dir)]
+                   "--input-dir", str(spec.input_dir.resolve()), "--output-dir", str(spec.output_dir.resolve())]
         with open(spec.log_path, "wb") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                        env={**os.environ, **spec.env}, cwd=self.entry.parent,

@@ -49,14 +49,20 @@ def site_input(folder: Path, source: str = "c1", n_train: int = 600, n_test: int
     return cut_site(source, folder, n_train, n_test)
 
 
+def make_federation(root: Path, sites: int = 2, n_train: int = 600, n_test: int = 200,
+                    **overrides) -> tuple[Path, list[Path]]:
+    """root/generic/ and root/site1/, site2/, ... cut alternately from the sample's c1 and c2."""
+    generic = generic_dir(root / "generic", **overrides)
+    clients = [cut_site(f"c{1 + i % 2}", root / f"site{i + 1}", n_train, n_test, part=i // 2)
+               for i in range(sites)]
+    return generic, clients
+
+
 @pytest.fixture
 def small_federation(tmp_path):
-    """generic/, c1/, c2/ with 600 training and 200 test images of real MNIST per site."""
+    """generic/, site1/, site2/, ... with 600 training and 200 test images of real MNIST per site."""
     def make(sites: int = 2, n_train: int = 600, n_test: int = 200, **overrides) -> tuple[Path, list[Path]]:
-        generic = generic_dir(tmp_path / "generic", **overrides)
-        clients = [cut_site(f"c{1 + i % 2}", tmp_path / f"site{i + 1}", n_train, n_test, part=i // 2)
-                   for i in range(sites)]
-        return generic, clients
+        return make_federation(tmp_path, sites, n_train, n_test, **overrides)
     return make
 
 
