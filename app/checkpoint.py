@@ -1,17 +1,15 @@
 """Per-round checkpoints, so an interrupted federation loses at most one round.
 
 While a run is going, every round's global models are saved to
-``<output>/unfinished/checkpoint.pt``: the folder of an earlier successful run
-is left alone until this run has succeeded too. The final outputs are written
-there as well (files and the tensorboard/ folder); on success all of them move to ``<output>/``
-and ``unfinished/`` disappears; after a failure it stays, with ``error.txt``. A checkpoint holds tensors and numbers
-only (loadable with ``weights_only=True``); naming it in ``init_student``
-resumes after its round with the same result as an uninterrupted run; the coordinator's
-checkpoint also holds the server optimizer's state, which that needs.
+``<output>/unfinished/checkpoint.pt``, among the outputs still to be published
+(``files.publish``): the folder of an earlier successful run is left alone until
+this run has succeeded too. A checkpoint holds tensors and numbers only (loadable
+with ``weights_only=True``); naming it in ``init_student`` resumes after its round
+with the same result as an uninterrupted run; the coordinator's checkpoint also
+holds the server optimizer's state, which that needs.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -22,10 +20,6 @@ from app import files
 from app.errors import ModelError
 from app.torch_files import load_tensors
 
-UNFINISHED = "unfinished"
-CHECKPOINT = "checkpoint.pt"
-ERROR = "error.txt"
-REPLACED = ".replaced"   # an earlier run's folders, removed with unfinished/
 FORMAT = "fc-knowledge-distillation checkpoint 1"
 SERVER = "server"   # the server optimizer's state (absent from checkpoints written before it existed)
 
@@ -33,7 +27,7 @@ SERVER = "server"   # the server optimizer's state (absent from checkpoints writ
 def write(output_dir: Path, round_number: int, models: Mapping[str, nn.Module], server: Mapping) -> Path:
     """The global ``models`` after ``round_number`` rounds, and the ``server`` optimizer's state
     (``ServerOptimizer.state_dict``: empty at a participant, which never steps it)."""
-    path = output_dir / UNFINISHED / CHECKPOINT
+    path = output_dir / files.UNFINISHED / files.CHECKPOINT
     files.save_state_dict({"format": FORMAT, "round": round_number, SERVER: server,
                            **{name: model.state_dict() for name, model in models.items()}}, path)
     return path
@@ -57,24 +51,3 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Pa
         raise ModelError(f"init_student '{path.name}': its {name} does not fit student_model "
                          f"({first[1].strip() if len(first) > 1 else first[0]}). It was saved by a run "
                          "with another student_model or student_args; use that run's settings.") from None
-
-
-def finish(output_dir: Path) -> None:
-    """Publish what ``unfinished/`` holds (the last checkpoint and the run's outputs, files and
-    folders such as tensorboard/) in ``output_dir``, replacing an earlier run's, and drop ``unfinished/``
-    with what was replaced."""
-    unfinished = output_dir / UNFINISHED
-    replaced = unfinished / REPLACED
-    for staged in sorted(unfinished.iterdir()):
-        if staged.name in (ERROR, REPLACED):
-            continue
-        target = output_dir / staged.name
-        if staged.is_dir() and (target.exists() or target.is_symlink()):
-            replaced.mkdir(exist_ok=True)
-            target.replace(replaced / staged.name)   # a folder cannot be renamed over another one
-        staged.replace(target)
-    shutil.rmtree(unfinished, ignore_errors=True)
-
-
-def write_error(output_dir: Path, message: str) -> None:
-    files.write_text(output_dir / UNFINISHED / ERROR, message.rstrip() + "\n")

@@ -1,6 +1,10 @@
 """The files a site writes, and how: every file atomically (a temporary file in the same folder,
 then ``os.replace``), so an interrupted run leaves either the old file or the new one, never half
 of one. Tensors are saved on the CPU, JSON without NaN, YAML in the order given.
+
+A run writes its outputs (and each round's checkpoint) into ``<output>/unfinished/`` and
+``publish`` moves them into ``<output>/`` together at the very end: a run failing on the way
+changes none of an earlier run's files, and leaves ``unfinished/`` with ``error.txt``.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import io
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -32,6 +37,10 @@ LOSS_PLOT = "loss.png"
 CONFIG = "config.yml"
 LOG = "log.txt"
 TENSORBOARD = "tensorboard"   # a folder of event files
+CHECKPOINT = "checkpoint.pt"
+UNFINISHED = "unfinished"   # where a run's outputs wait until they are published together
+ERROR = "error.txt"         # in unfinished/: why the run failed
+REPLACED = ".replaced"      # in unfinished/: an earlier run's folders, removed with it
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -96,3 +105,25 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(value) for value in obj]
     return obj
+
+
+def publish(output_dir: Path) -> None:
+    """Publish what ``unfinished/`` holds (the last checkpoint and the run's outputs, files and
+    folders such as tensorboard/) in ``output_dir``, replacing an earlier run's, and drop ``unfinished/``
+    with what was replaced."""
+    unfinished = output_dir / UNFINISHED
+    replaced = unfinished / REPLACED
+    for staged in sorted(unfinished.iterdir()):
+        if staged.name in (ERROR, REPLACED):
+            continue
+        target = output_dir / staged.name
+        if staged.is_dir() and (target.exists() or target.is_symlink()):
+            replaced.mkdir(exist_ok=True)
+            target.replace(replaced / staged.name)   # a folder cannot be renamed over another one
+        staged.replace(target)
+    shutil.rmtree(unfinished, ignore_errors=True)
+
+
+def write_error(output_dir: Path, message: str) -> None:
+    """Say in ``unfinished/error.txt`` why the run failed."""
+    write_text(output_dir / UNFINISHED / ERROR, message.rstrip() + "\n")

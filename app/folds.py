@@ -219,7 +219,7 @@ class Folds:
         metrics = {fold: write_outputs(site, [summary["folds"][fold] for summary in federation]
                                        if federation else None, exported[fold], publish=False)
                    for fold, site in self.sites.items()}
-        out = self.output_dir / checkpoint.UNFINISHED
+        out = self.output_dir / files.UNFINISHED
         summary = {**cv_summary.summarize(self.name, self.config.logic.dir, metrics), "rounds": self.rounds}
         if federation:   # per round and site, means over the folds (what the live page charts)
             summary["federation"] = federation_summary([{key: value for key, value in site.items() if key != "folds"}
@@ -231,8 +231,8 @@ class Folds:
         self.log(f"cross-validation summary written to {self.output_dir}")
         files.write_text(out / files.LOG, "\n".join(self.log_lines) + "\n")
         for site in self.sites.values():
-            checkpoint.finish(site.output_dir)
-        checkpoint.finish(self.output_dir)
+            files.publish(site.output_dir)
+        files.publish(self.output_dir)
         return summary
 
     # ---------------------------------------------------------------- messages

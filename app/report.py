@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from app import checkpoint, files
+from app import files
 from app.quantization import FEW_CALIBRATION_SAMPLES
 
 INT8_TOLERATED_LOSS = 0.01      # more lost accuracy than this and report.md recommends the float model
@@ -312,7 +312,7 @@ def _files(metrics: dict) -> str:
     if "baseline" in metrics:
         lines.append(f"`{files.BASELINE_WEIGHTS}`: the baseline student's state_dict")
     lines += [f"`{files.METRICS}`, `{files.ROUNDS_CSV}`: every figure of this report",
-              f"`{checkpoint.CHECKPOINT}`: the last round's global models; name it in `init_student` to continue "
+              f"`{files.CHECKPOINT}`: the last round's global models; name it in `init_student` to continue "
               "training",
               f"`{files.CONFIG}`: the settings used, defaults included; `{files.LOG}`: this site's log"]
     return "## Files\n\n" + feeding(metrics) + "\n\n" + "\n".join(f"- {line}" for line in lines)

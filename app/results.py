@@ -6,7 +6,7 @@ final student (accuracy, size, latency, memory), assembles ``metrics.json`` and 
 every other file from that one dictionary, so report.md, rounds.csv and the plots
 always agree with it.
 The files are written next to the round checkpoint in ``unfinished/`` and published
-together at the very end: a run failing on the way changes none of an earlier run's files.
+together at the very end (``files.publish``): a run failing on the way changes none of an earlier run's files.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from app import checkpoint, exports, files, plots, quantization
+from app import exports, files, plots, quantization
 from app.event_logs import write_events
 from app.config import KDConfig, effective_document, read_document
 from app.profile import summarize
@@ -36,7 +36,7 @@ def export_student(site: "Site") -> dict:
     """The student's model files in ``unfinished/`` (weights, TorchScript, ONNX and, with
     ``quantize``, its int8 version), each with its check: the part of the outputs that
     ``site_summary`` reports to the coordinator, so made before the rest."""
-    out = site.output_dir / checkpoint.UNFINISHED
+    out = site.output_dir / files.UNFINISHED
     _, check_images, _ = next(deployed_batches(site.test, ONNX_CHECK_SAMPLES))
     cpu_student = copy.deepcopy(site.student).cpu()   # exported on the CPU, whatever trained it
     deployed = exports.deployable(cpu_student, site.normalization)   # takes [0, 1] images
@@ -102,7 +102,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     """Write this site's outputs; ``federation`` (coordinator only) holds every site's summary,
     ``exported`` what ``export_student`` returned if it ran already. ``publish=False`` leaves the
     outputs in ``unfinished/`` for the caller to publish with others."""
-    out = site.output_dir / checkpoint.UNFINISHED
+    out = site.output_dir / files.UNFINISHED
     if exported is None:
         exported = export_student(site)
     config = effective_config(site)
@@ -143,7 +143,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     site.log(f"outputs written to {site.output_dir}")
     files.write_text(out / files.LOG, "\n".join(site.log_lines) + "\n")
     if publish:
-        checkpoint.finish(site.output_dir)
+        files.publish(site.output_dir)
     return metrics
 
 

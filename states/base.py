@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from FeatureCloud.app.engine.app import AppState, DPNoisetype, State
 
-from app.checkpoint import write_error
 from app.errors import ERROR_MARKER, KDError, first_line
+from app.files import write_error
 from app.folds import Folds
 from app.results import federation_summary
 from web.status import StatusBoard
