@@ -13,13 +13,18 @@ import os
 import sys
 from pathlib import Path
 
-# Engine waits the local test-bed may shorten; the container keeps the platform's defaults.
-ENGINE_WAIT_ATTRIBUTES = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_WAIT": "TERMINAL_WAIT",
-                          "FC_DATA_POLL_INTERVAL": "DATA_POLL_INTERVAL"}
+# featurecloud 0.1.0's waits are plain sleeps (1 s after every state, 10 s up to three times at the end,
+# 0.1 s between checks for incoming data). None protects anything this app needs: its finished status
+# is queued behind all of its outgoing data (README, "Platform waits"). So the app runs with these,
+# in the container too.
+APP_ENGINE_WAITS = {"TRANSITION_WAIT": 0.05, "TERMINAL_WAIT": 0.1, "DATA_POLL_INTERVAL": 0.02}
+# `serve` (a local launcher's client) also takes them from these variables.
+ENGINE_WAIT_VARIABLES = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_WAIT": "TERMINAL_WAIT",
+                         "FC_DATA_POLL_INTERVAL": "DATA_POLL_INTERVAL"}
 
 
 def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path | None = None,
-          shorten_waits: bool = False) -> None:
+          waits_from_environment: bool = False) -> None:
     """Serve the FeatureCloud API (/api) and the site's live page (/web) until the process ends."""
     import threading
 
@@ -30,8 +35,10 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
     import states
     from web.server import ThreadedServer, serialized, web_app
 
-    if shorten_waits:
-        for variable, name in ENGINE_WAIT_ATTRIBUTES.items():
+    for name, seconds in APP_ENGINE_WAITS.items():
+        setattr(engine, name, seconds)
+    if waits_from_environment:
+        for variable, name in ENGINE_WAIT_VARIABLES.items():
             if variable in os.environ:
                 setattr(engine, name, float(os.environ[variable]))
     if "KD_NUM_THREADS" in os.environ:
@@ -64,7 +71,7 @@ def main(argv: list[str]) -> int:
         parser.add_argument("--input-dir", type=Path, required=True)
         parser.add_argument("--output-dir", type=Path, required=True)
         args = parser.parse_args(argv[1:])
-        serve(args.host, args.port, args.input_dir.resolve(), args.output_dir.resolve(), shorten_waits=True)
+        serve(args.host, args.port, args.input_dir.resolve(), args.output_dir.resolve(), waits_from_environment=True)
         return 0
     if argv[0] in ("-h", "--help", "help"):
         print(__doc__)

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import itertools
+import os
 import re
 import sys
 import traceback
@@ -41,7 +42,8 @@ def build_model(path: Path, kwargs: dict, key: str) -> nn.Module:
     if path.suffix != ".py":
         raise ModelError(f"{where}: not a Python file. {key} must name a .py file that defines "
                          "`class Model(nn.Module)`.")
-    path = path.resolve()
+    # Absolute, but links not followed: the helpers next to a linked-in file are those of its input folder.
+    path = Path(os.path.abspath(path))
     # Model files may import helper modules next to them, at import time or in __init__.
     with _importable_folder(path.parent):
         model_class = _model_class(_import_file(path, key, where), where)
@@ -109,7 +111,7 @@ def _importable_folder(folder: Path) -> Iterator[None]:
         sys.path.remove(str(folder))
         for name in set(sys.modules) - before:
             file = getattr(sys.modules[name], "__file__", None)
-            if name.split(".")[0] in provided and file and Path(file).resolve().is_relative_to(folder):
+            if name.split(".")[0] in provided and file and Path(os.path.abspath(file)).is_relative_to(folder):
                 _helper_modules.add(name)
         for name, module in stale.items():
             sys.modules.setdefault(name, module)

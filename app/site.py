@@ -26,6 +26,7 @@ With FedBN the BatchNorm entries never leave the site.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -64,9 +65,13 @@ SECURE_SUM_SITES = 3   # with fewer, the coordinator can subtract its own update
 
 
 def resolve_input(input_dir: Path, name: str, key: str) -> Path:
-    """``name`` from config.yml as a path inside the site's input folder."""
-    root = input_dir.resolve()
-    path = (root / name).resolve()
+    """``name`` from config.yml as a path inside the site's input folder.
+
+    The name alone decides (no absolute path, no '../' leaving the folder); links inside the
+    folder are followed wherever they point, since a site's files may be linked in rather than
+    copied (the local test-bed does so, and a user may too)."""
+    root = Path(os.path.abspath(input_dir))
+    path = Path(os.path.normpath(root / name))
     if not path.is_relative_to(root):
         raise ConfigError(f"{key}: {name!r} — must name a file inside the input folder "
                           f"({input_dir}); use a plain file name such as 'train.npz'.")

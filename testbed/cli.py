@@ -85,7 +85,8 @@ def _parser(entry: Path) -> argparse.ArgumentParser:
     parser.add_argument("--client-dirs", required=True,
                         help="comma-separated client folders; the first client is the coordinator")
     parser.add_argument("--generic-dir", type=Path, default=None,
-                        help="folder copied into every client's input (a client's own file of the same name wins)")
+                        help="folder whose files every client's input gets, as links (a client's own file of the same "
+                             "name wins)")
     parser.add_argument("--output-dir", type=Path, required=True,
                         help="each client's outputs go to <output-dir>/<client dir name>/, its log to <name>.log "
                              "(<name>.failed/ and <name>.failed.log when the run fails)")

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from testbed.client_api import BadAnswer, ClientApi, RequestFailed, Status, Unreachable, web_state
-from testbed.launcher import ClientHandle, ClientSpec, Launcher, LocalProcessLauncher, page_url, stop_all
+from testbed.launcher import (ClientHandle, ClientSpec, Launcher, LaunchError, LocalProcessLauncher, page_url,
+                              stop_all)
 from testbed.logs import error_from_log, tail
 from testbed.routing import Delivery, Post, Router, RoutingError
-from testbed.sites import ClientFolders, UsageError, check_arguments, prepare_sites
+from testbed.sites import ClientFolders, UsageError, check_arguments, prepare_sites, unwritable
 
-# Engine waits shortened for local runs (the platform's are 1 s, 10 s and 0.1 s).
-SHORT_ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "1", "FC_DATA_POLL_INTERVAL": "0.02"}
 SETUP_SLEEP = 1.0   # the engine's POST /setup handler sleeps this long before answering
 WEB_TIMEOUT = 1.0   # the state name in failure messages is a nicety: never wait long for it
 # Until a container's app listens, nginx logs one "connect() failed" line per poll: a few are plenty.
@@ -107,13 +106,19 @@ def run_federation(client_dirs: list[Path], generic_dir: Path | None, output_roo
             raise UsageError(f"app entry script '{entry}' does not exist. Pass the app's main.py.")
         launcher = LocalProcessLauncher(entry)
     out = out or sys.stdout
-    output_root.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=".testbed-", dir=output_root))
+    try:
+        output_root.mkdir(parents=True, exist_ok=True)
+        work_dir = Path(tempfile.mkdtemp(prefix=".testbed-", dir=output_root))
+    except OSError as error:
+        raise unwritable(output_root, error) from error
     try:
         sites = prepare_sites(client_dirs, generic_dir, output_root, work_dir)
         router = Router([s.id for s in sites], sites[0].id, dp_seed)
         federation = _Federation(sites, launcher, router, query_interval, timeouts or Timeouts(), out)
-        _set_aside_earlier_logs(sites, work_dir)
+        try:
+            _set_aside_earlier_logs(sites, work_dir)
+        except OSError as error:
+            raise unwritable(output_root, error) from error
         ok = False
         try:
             failure = federation.run(client_env(len(sites), env), started, hold)
@@ -145,15 +150,15 @@ def _in_user_folders(message: str, sites: list[ClientFolders], client_dirs: list
         if any(path in message for path in temporary):
             for path in temporary:
                 message = message.replace(path, str(client_dir))
-            generic = f" with the generic folder {generic_dir}'s files copied in" if generic_dir else ""
+            generic = f" with the generic folder {generic_dir}'s files linked in" if generic_dir else ""
             message += f" (site {site.id}'s input folder is {client_dir}{generic})"
     return message
 
 
 def client_env(n_clients: int, extra: dict[str, str] | None) -> dict[str, str]:
-    """Environment of every client: short engine waits and a fair share of the CPU cores."""
+    """Environment of every client, whatever runs it: a fair share of the CPU cores."""
     threads = max(1, (os.cpu_count() or 1) // n_clients)
-    return {**SHORT_ENGINE_WAITS, "KD_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(extra or {})}
+    return {"KD_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
 @dataclass
@@ -220,7 +225,11 @@ class _Federation:
         roles = ", ".join(f"{s.id} (coordinator)" if s.coordinator else s.id for s in self.sites)
         self._say(f"starting {roles}; logs: {', '.join(str(site.log_path) for site in self.sites)}")
         for site in self.sites:
-            handle = self.launcher.start(ClientSpec(site.id, site.input_dir, site.output_dir, site.log_path, env))
+            spec = ClientSpec(site.id, site.input_dir, site.output_dir, site.log_path, env, site.sources)
+            try:
+                handle = self.launcher.start(spec)
+            except LaunchError as error:
+                raise SiteFailure(site.id, str(error)) from error
             self.handles.append(handle)
             if page_url(handle):
                 self._say(f"live page: {page_url(handle)}", site.id)

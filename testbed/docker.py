@@ -1,7 +1,8 @@
 """Running each client of a test-bed federation as a container of the app's Docker image.
 
 `DockerLauncher(image)` implements the launcher seam: one container per client, named
-`fc-kd-<run id>-<site>`, its prepared input folder mounted at `/mnt/input` and a fresh
+`fc-kd-<run id>-<site>`, its prepared input folder (links) mounted read-only at `/mnt/input`,
+the user's folders those links point into read-only at `/mnt/sources/<name>`, a fresh
 output folder at `/mnt/output`, nginx's ports 9000 (API) and 9001 (web UI) published on
 127.0.0.1 only, at ports Docker picks. The controller then drives it exactly like a local
 process. Images are never pulled. Every container carries the labels
@@ -11,7 +12,8 @@ removed with
 
     docker rm -f $(docker ps -aq --filter label=fc-knowledge-distillation.testbed)
 
-The containers keep the engine's default waits: only the CPU share (KD_NUM_THREADS) is passed in.
+No engine waits are passed in: the app in a container runs as on the platform (only the CPU share,
+KD_NUM_THREADS, is set).
 """
 from __future__ import annotations
 
@@ -23,12 +25,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testbed.controller import SHORT_ENGINE_WAITS, SiteFailure
-from testbed.launcher import ClientSpec, die_with_parent
+from testbed.launcher import ClientSpec, LaunchError, die_with_parent
 from testbed.sites import UsageError
 
 LABEL = "fc-knowledge-distillation.testbed"
 API_PORT, WEB_PORT = 9000, 9001
+SOURCES = "/mnt/sources"   # the input's links point into ../sources/<name>: the user's folders, mounted here
 CALL_TIMEOUT = 30.0   # one docker CLI call (inspect, logs, kill, rm); `docker run` gets the start timeout
 KILLED = 137          # docker's exit code of a container killed with SIGKILL, as `docker rm -f` does
 
@@ -54,8 +56,8 @@ class ContainerClient:
         self.log_path = spec.log_path
         self.output_dir = spec.output_dir
         self.launcher = launcher
-        self.api_port = _host_port(name, API_PORT, spec.id)
-        self.web_port = _host_port(name, WEB_PORT, spec.id)
+        self.api_port = _host_port(name, API_PORT)
+        self.web_port = _host_port(name, WEB_PORT)
         self._exit_code: int | None = None
         self._removed = False
         helper = {"stdin": subprocess.DEVNULL, "start_new_session": True, "preexec_fn": die_with_parent()}
@@ -152,20 +154,21 @@ class DockerLauncher:
 
     def start(self, spec: ClientSpec) -> ContainerClient:
         name = f"fc-kd-{self.run_id}-{re.sub(r'[^A-Za-z0-9_.-]', '-', spec.id)}"
-        environment = [arg for key, value in spec.env.items() if key not in SHORT_ENGINE_WAITS
-                       for arg in ("--env", f"{key}={value}")]
+        environment = [arg for key, value in spec.env.items() for arg in ("--env", f"{key}={value}")]
         command = ["run", "--detach", "--pull", "never", "--name", name,
                    "--label", self.label, "--label", f"{LABEL}.site={spec.id}",
                    "--label", f"{LABEL}.controller-pid={os.getpid()}",
                    "--publish", f"127.0.0.1::{API_PORT}", "--publish", f"127.0.0.1::{WEB_PORT}",
-                   "--volume", f"{spec.input_dir.resolve()}:/mnt/input",
+                   "--volume", f"{spec.input_dir.resolve()}:/mnt/input:ro",
+                   *[arg for name, source in spec.sources.items()
+                     for arg in ("--volume", f"{source}:{SOURCES}/{name}:ro")],
                    "--volume", f"{spec.output_dir.resolve()}:/mnt/output", *environment, self.image]
         try:
             started = _docker(*command, timeout=self.start_timeout)
             if started.returncode != 0:
                 if "No such image" in started.stderr:
                     raise UsageError(_missing_image(self.image))
-                raise SiteFailure(spec.id, f"docker run failed: {_last_line(started.stderr)}")
+                raise LaunchError(f"docker run failed: {_last_line(started.stderr)}")
             return ContainerClient(name, spec, self)
         except BaseException:
             # Created but not handed to the controller (or `docker run` half done): nobody else would remove it.
@@ -187,13 +190,13 @@ class DockerLauncher:
                   f"run `sudo chown -R {uid}:{gid} <output dir>`", file=sys.stderr)
 
 
-def _host_port(name: str, port: int, site: str) -> int:
+def _host_port(name: str, port: int) -> int:
     """The 127.0.0.1 port Docker published the container's port on."""
     mapping = _docker("port", name, f"{port}/tcp")
     found = re.search(r"^127\.0\.0\.1:(\d+)$", mapping.stdout, re.MULTILINE)
     if found is None:
-        raise SiteFailure(site, f"container {name}: port {port} is not published on 127.0.0.1 "
-                                f"(`docker port`: {_last_line(mapping.stderr or mapping.stdout)})")
+        raise LaunchError(f"container {name}: port {port} is not published on 127.0.0.1 "
+                          f"(`docker port`: {_last_line(mapping.stderr or mapping.stdout)})")
     return int(found.group(1))
 
 

@@ -19,15 +19,26 @@ from pathlib import Path
 from typing import Protocol
 
 
+# The engine's waits (platform defaults 1 s, 10 s and 0.1 s), shortened for local client processes.
+SHORT_ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "0.1", "FC_DATA_POLL_INTERVAL": "0.02"}
+
+
+class LaunchError(Exception):
+    """A client could not be started; the message says why."""
+
+
 @dataclass(frozen=True)
 class ClientSpec:
-    """What a client needs to start: its id, folders, log file and extra environment variables."""
+    """What a client needs to start: its id, folders, log file and extra environment variables. Its input
+    folder holds relative links into ``<input_dir>/../sources/<name>``, standing for the folders ``sources``
+    names (for a local process that path links to them; a container mounts them there)."""
 
     id: str
     input_dir: Path
     output_dir: Path
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, Path] = field(default_factory=dict)
 
 
 class ClientHandle(Protocol):
@@ -141,11 +152,14 @@ class LocalClient:
 
 
 class LocalProcessLauncher:
-    """Runs `python <entry> serve --port P --input-dir IN --output-dir OUT` per client."""
+    """Runs `python <entry> serve --port P --input-dir IN --output-dir OUT` per client, with the engine's
+    waits shortened (`engine_waits`, environment variables the entry applies; a spec's env wins)."""
 
-    def __init__(self, entry: Path, python: str = sys.executable):
+    def __init__(self, entry: Path, python: str = sys.executable,
+                 engine_waits: dict[str, str] | None = None):
         self.entry = entry.resolve()
         self.python = python
+        self.engine_waits = SHORT_ENGINE_WAITS if engine_waits is None else engine_waits
         self._ports: set[int] = set()
 
     def start(self, spec: ClientSpec) -> LocalClient:
@@ -155,7 +169,7 @@ class LocalProcessLauncher:
                    "--input-dir", str(spec.input_dir.resolve()), "--output-dir", str(spec.output_dir.resolve())]
         with open(spec.log_path, "wb") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **spec.env}, cwd=self.entry.parent,
+                                       env={**os.environ, **self.engine_waits, **spec.env}, cwd=self.entry.parent,
                                        start_new_session=True, preexec_fn=die_with_parent())
         return LocalClient(process, port, spec.log_path)
 

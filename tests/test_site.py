@@ -92,6 +92,24 @@ def test_missing_teacher_weights_is_a_config_error(tmp_path):
 def test_files_outside_the_input_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="train_dataset: '../secret.npz' — must name a file inside the input folder"):
         load(tmp_path, train_dataset="../secret.npz")
+    with pytest.raises(ConfigError, match="train_dataset: 'data/../../secret.npz' — must name a file inside"):
+        load(tmp_path, train_dataset="data/../../secret.npz")
+
+
+def test_links_in_the_input_folder_are_followed_wherever_they_point(tmp_path):
+    """The test-bed links a site's files into its input folder, and a user may link a file in too:
+    the name in config.yml decides (inside the folder), not where the link leads."""
+    folder = site_input(tmp_path / "in", train_dataset="data/train.npz", teacher_model="models/teacher.py")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "models").mkdir(parents=True)
+    (folder / "train.npz").rename(elsewhere / "train.npz")
+    (folder / "teacher.py").rename(elsewhere / "models" / "teacher.py")
+    (folder / "data").mkdir()
+    (folder / "data" / "train.npz").symlink_to(elsewhere / "train.npz")        # a file linked in
+    (folder / "models").symlink_to(elsewhere / "models", target_is_directory=True)   # a folder linked in
+    site = Site.load(folder, tmp_path / "out", "c1", log=lambda message: None)
+    assert len(site.train) == 600
+    assert not (elsewhere / "models" / "__pycache__").exists()
 
 
 def federate_locally(sites, rounds, deliver):

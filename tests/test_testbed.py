@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -382,6 +383,30 @@ def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys, case, expected)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare, to mount a full or read-only file system for one command")
+@pytest.mark.parametrize("mount_options, error, fix", [
+    ("size=1m,nr_inodes=3", "No space left on device", "Free some space on that disk"),
+    ("size=1m,ro", "Read-only file system", "Make it writable"),
+], ids=["full disk", "read-only"])
+def test_an_output_dir_on_a_full_or_read_only_disk_is_one_clear_message(tmp_path, mount_options, error, fix):
+    """A real file system, full (3 inodes: the output folder and the test-bed's working folder take the
+    last ones) or read-only, mounted for the one command in its own mount namespace."""
+    federation = make_federation(tmp_path, [3, 5])
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    output = disk / "results"
+    command = [sys.executable, "-m", "testbed", "--entry", str(TOY), "--client-dirs",
+               ",".join(map(str, federation.clients)), "--generic-dir", str(federation.generic),
+               "--output-dir", str(output)]
+    script = f"mount -t tmpfs -o {mount_options} tmpfs {disk} && exec \"$@\""
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", *command], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: cannot write to output dir '{output}' ({error}). "
+                           f"{fix}, or choose another --output-dir.\n")
+
+
 def test_cli_without_required_options_exits_2(capsys):
     assert simulate(["--output-dir", "x"], entry=TOY) == 2
     assert "the following arguments are required: --client-dirs" in capsys.readouterr().err
@@ -396,17 +421,30 @@ def test_client_ids_are_folder_names_made_unique(tmp_path, monkeypatch):
     assert client_ids([Path("."), Path(".")]) == ["site", "site-2"]
 
 
-def test_input_folder_is_generic_with_the_clients_own_files_on_top(tmp_path):
+def input_files(folder: Path) -> dict[str, Path]:
+    """Every file a client sees in its input folder (following links, as opening a path does) → the real file."""
+    found = {}
+    for directory, _, names in os.walk(folder, followlinks=True):
+        for name in names:
+            path = Path(directory) / name
+            found[str(path.relative_to(folder))] = path.resolve()
+    return found
+
+
+def test_input_folder_links_generic_files_with_the_clients_own_on_top_and_copies_nothing(tmp_path):
     generic, client = tmp_path / "generic", tmp_path / "client"
-    (generic / "models").mkdir(parents=True)
+    (generic / "models" / "layers").mkdir(parents=True)
     (generic / "config.yml").write_text("generic")
     (generic / "models" / "a.py").write_text("generic a")
+    (generic / "models" / "layers" / "conv.py").write_text("generic conv")
     (generic / "data").write_text("a file in generic, a folder at the client")
+    (generic / "teacher").mkdir()
+    (generic / "teacher" / "weights.pt").write_bytes(b"large")
     (client / "models").mkdir(parents=True)
-    (client / "data").mkdir()
+    (client / "data" / "images").mkdir(parents=True)
     (client / "config.yml").write_text("own")
     (client / "models" / "b.py").write_text("own b")
-    (client / "data" / "train.npz").write_text("own data")
+    (client / "data" / "images" / "0.png").write_text("own image")
     output_root = client / "results"   # inside the client dir, as with --client-dirs .
     output_root.mkdir()
     (output_root / "c.log").write_text("an earlier run")
@@ -414,16 +452,40 @@ def test_input_folder_is_generic_with_the_clients_own_files_on_top(tmp_path):
     site, = prepare_sites([client], generic, output_root, tmp_path / "work")
 
     assert site.id == "client" and site.coordinator
-    files = {str(p.relative_to(site.input_dir)): p.read_text() for p in site.input_dir.rglob("*") if p.is_file()}
-    assert files == {"config.yml": "own", "models/a.py": "generic a", "models/b.py": "own b",
-                     "data/train.npz": "own data"}
+    assert site.sources == {"generic": generic.resolve(), "own": client.resolve()}
+    files = input_files(site.input_dir)
+    assert files == {"config.yml": client / "config.yml", "models/a.py": generic / "models" / "a.py",
+                     "models/b.py": client / "models" / "b.py", "models/layers/conv.py": generic / "models" / "layers"
+                     / "conv.py", "data/images/0.png": client / "data" / "images" / "0.png",
+                     "teacher/weights.pt": generic / "teacher" / "weights.pt"}
+    # links, not copies: a folder only one side has is one link, a folder both have is a real folder whose
+    # sub-folders are real too (os.walk from any of them sees every file) and whose files are links
+    assert (site.input_dir / "teacher").is_symlink() and (site.input_dir / "data").is_symlink()
+    assert not (site.input_dir / "models").is_symlink() and not (site.input_dir / "models" / "layers").is_symlink()
+    assert (site.input_dir / "models" / "layers" / "conv.py").is_symlink()
+    assert all(not os.readlink(path).startswith("/") for path in site.input_dir.rglob("*") if path.is_symlink())
+    assert [path for path in site.input_dir.rglob("*") if path.is_file() and not path.is_symlink()] == []
     assert list(site.output_dir.iterdir()) == []
     assert site.log_path == output_root / "client.log"
 
-    # --client-dirs . --output-dir . : the working folder inside the client dir is not copied into itself
+    # --client-dirs . --output-dir . : the working folder inside the client dir is not linked into itself
     inside, = prepare_sites([client], None, client, client / ".testbed-run")
     assert (inside.input_dir / "models" / "b.py").exists()
     assert not (inside.input_dir / ".testbed-run").exists()
+
+
+def test_setting_up_a_site_costs_the_same_whatever_its_data_weigh(tmp_path):
+    """Setting up writes links only: a site's large files take no space and no time to set up."""
+    client = tmp_path / "client"
+    (client / "photos").mkdir(parents=True)
+    with open(client / "train.npz", "wb") as handle:
+        handle.truncate(2 ** 40)   # 1 TiB, sparse: a copy would fail on this disk
+    (client / "photos" / "cat.jpg").write_bytes(b"jpeg")
+    site, = prepare_sites([client], None, tmp_path / "out", tmp_path / "out" / "work")
+    assert (site.input_dir / "train.npz").stat().st_size == 2 ** 40
+    assert (site.input_dir / "train.npz").samefile(client / "train.npz")
+    used = sum(path.lstat().st_blocks for path in (tmp_path / "out").rglob("*"))
+    assert used * 512 < 2 ** 20
 
 
 def test_router_routes_like_the_controller():

@@ -47,7 +47,8 @@ class Initial(AppState):
         self.store("config", config)
         self.store("number", float((FOLDERS["input"] / "number.txt").read_text()))
         self.store("round", 0)
-        files = sorted(str(p.relative_to(FOLDERS["input"])) for p in FOLDERS["input"].rglob("*") if p.is_file())
+        files = sorted(str((Path(folder) / name).relative_to(FOLDERS["input"]))   # links followed, as opening does
+                       for folder, _, names in os.walk(FOLDERS["input"], followlinks=True) for name in names)
         write_atomically(FOLDERS["output"] / "input_files.txt", "\n".join(files))
         write_atomically(FOLDERS["output"] / "environment.json",
                          json.dumps({name: os.environ.get(name) for name in REPORTED_ENVIRONMENT}))
