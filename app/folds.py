@@ -33,7 +33,7 @@ from app import checkpoint, cv_summary, files
 from app.report import render_cv_report
 from app.config import KDConfig, effective_document, load_config, read_document
 from app.errors import ConfigError, DataError, FederationError, KDError
-from app.results import export_student, federation_summary, site_summary, write_outputs
+from app.results import export_student, federation_summary, finish_outputs, prepare_outputs, site_summary
 from app.site import CONFIG_FILE, Site, resolve_input
 from app.training import Evaluation
 from app.transport import Models, Wire
@@ -207,17 +207,24 @@ class Folds:
         return [_mean_summary(summaries[0]["site"], list(summaries)) for summaries in zip(*per_fold)]
 
     # ---------------------------------------------------------------- outputs
-    def write_outputs(self, federation: list[dict] | None = None,
-                      exported: dict[str, dict] | None = None) -> dict:
+    def prepare_outputs(self, exported: dict[str, dict] | None = None) -> dict[str, dict]:
+        """Every fold's outputs that need only this site (``results.prepare_outputs``); ``exported``:
+        what ``export_students`` returned. The coordinator makes these while the others write theirs."""
+        exported = exported or self.export_students()
+        return {fold: prepare_outputs(site, exported[fold]) for fold, site in self.sites.items()}
+
+    def write_outputs(self, federation: list[dict] | None = None, exported: dict[str, dict] | None = None,
+                      prepared: dict[str, dict] | None = None) -> dict:
         """Every fold's outputs in its folder; with folds also their summary at the top of the output
         folder (metrics.json, report.md, config.yml, log.txt). ``federation``: every site's
-        ``done_summary`` (coordinator only); ``exported``: what ``export_students`` returned.
+        ``done_summary`` (coordinator only); ``exported``: what ``export_students`` returned;
+        ``prepared``: what ``prepare_outputs`` returned, if it ran already.
         Nothing is published before everything is written. Returns the metrics of the top folder."""
-        exported = exported or self.export_students()
+        prepared = prepared or self.prepare_outputs(exported)
         if not self.cross_validation:
-            return write_outputs(self._first, federation, exported[FILE_MODE])
-        metrics = {fold: write_outputs(site, [summary["folds"][fold] for summary in federation]
-                                       if federation else None, exported[fold], publish=False)
+            return finish_outputs(self._first, prepared[FILE_MODE], federation)
+        metrics = {fold: finish_outputs(site, prepared[fold], [summary["folds"][fold] for summary in federation]
+                                        if federation else None, publish=False)
                    for fold, site in self.sites.items()}
         out = self.output_dir / files.UNFINISHED
         summary = {**cv_summary.summarize(self.name, self.config.logic.dir, metrics), "rounds": self.rounds}

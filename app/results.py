@@ -4,7 +4,9 @@
 one, measured against the float one); ``write_outputs`` measures the teacher and the
 final student (accuracy, size, latency, memory), assembles ``metrics.json`` and writes
 every other file from that one dictionary, so report.md, rounds.csv and the plots
-always agree with it.
+always agree with it. It is ``prepare_outputs`` (what needs only this site) then
+``finish_outputs`` (what needs the federation's results too), so the coordinator can do
+the first part while the other sites write theirs.
 The files are written next to the round checkpoint in ``unfinished/`` and published
 together at the very end (``files.publish``): a run failing on the way changes none of an earlier run's files.
 """
@@ -22,6 +24,7 @@ import torch
 from app import exports, files, plots, quantization
 from app.event_logs import write_events
 from app.config import KDConfig, effective_document, read_document
+from app.memory import release_free_memory
 from app.profile import summarize
 from app.report import render_report
 
@@ -102,11 +105,22 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     """Write this site's outputs; ``federation`` (coordinator only) holds every site's summary,
     ``exported`` what ``export_student`` returned if it ran already. ``publish=False`` leaves the
     outputs in ``unfinished/`` for the caller to publish with others."""
+    return finish_outputs(site, prepare_outputs(site, exported), federation, publish)
+
+
+def prepare_outputs(site: "Site", exported: dict | None = None) -> dict:
+    """The outputs that need only this site (measurements, its plots, rounds.csv, config.yml), in
+    ``unfinished/``; returns the metrics so far. The coordinator makes these while the other sites
+    write theirs, and finishes (``finish_outputs``) once their summaries are in."""
     out = site.output_dir / files.UNFINISHED
     if exported is None:
         exported = export_student(site)
     config = effective_config(site)
+    # Each step's peak alone, not their sum: the export and int8 calibration, then the teacher's
+    # batch of 256 (~90 MB here, the largest), then the student's.
+    release_free_memory()
     teacher_size = teacher_summary(site.teacher, site.train.sample_shape)
+    release_free_memory()
     student_size = summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
     metrics = {
         "site": site.name,
@@ -127,16 +141,25 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
         metrics["distillation_gain"] = metrics["student"]["accuracy"] - metrics["baseline"]["accuracy"]
         metrics["distillation_gain_noise"] = chance_margin(metrics["student"]["accuracy"],
                                                            metrics["baseline"]["accuracy"], len(site.test))
-    if federation is not None:
-        metrics["federation"] = federation_summary(federation)
-
     metrics.update(exported)
     if "baseline" in site.models:
         files.save_state_dict(site.models["baseline"].state_dict(), out / files.BASELINE_WEIGHTS)
-    _write_plots(metrics, out)
+    _write_site_plots(metrics, out)
     files.write_config(effective_document(read_document(site.input_dir / files.CONFIG), config), out / files.CONFIG)
     files.write_rounds_csv(site.rounds, out / files.ROUNDS_CSV)
+    return metrics
+
+
+def finish_outputs(site: "Site", metrics: dict, federation: list[dict] | None = None,
+                   publish: bool = True) -> dict:
+    """Add the federation's results (coordinator), write metrics.json, the TensorBoard events,
+    report.md and the log, and publish (``publish``) every output at once; returns the metrics."""
+    out = site.output_dir / files.UNFINISHED
+    if federation is not None:
+        metrics["federation"] = federation_summary(federation)
+        _write_federation_plot(metrics["federation"], out)
     metrics["seconds"] = time.time() - site.started
+    metrics["timings"] = site.timings.as_dict()
     files.write_json(out / files.METRICS, metrics)
     write_events(metrics, out / files.TENSORBOARD)
     files.write_text(out / files.REPORT, render_report(metrics))
@@ -144,6 +167,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     files.write_text(out / files.LOG, "\n".join(site.log_lines) + "\n")
     if publish:
         files.publish(site.output_dir)
+    release_free_memory()
     return metrics
 
 
@@ -235,7 +259,7 @@ def federation_summary(sites: list[dict]) -> dict:
             "rounds": rounds}
 
 
-def _write_plots(metrics: dict, out) -> None:
+def _write_site_plots(metrics: dict, out) -> None:
     rounds, site = metrics["rounds"], metrics["site"]
     baseline = "baseline" in metrics
     accuracy_series = {"distilled student": "accuracy",
@@ -249,9 +273,10 @@ def _write_plots(metrics: dict, out) -> None:
                       series=loss_series, references={"teacher test loss": metrics["teacher"]["loss"]})
     plots.plot_confusion(metrics["student"]["confusion_matrix"], out / files.CONFUSION_PLOT,
                          title=f"Distilled student on {site}'s test set", labels=metrics["classes"])
-    if "federation" in metrics:
-        federation = metrics["federation"]
-        plots.plot_rounds(federation["rounds"], out / files.FEDERATION_PLOT,
-                          title="Federation: accuracy weighted by test-set size", ylabel="test accuracy",
-                          series={"distilled student": "accuracy", "baseline student": "baseline_accuracy"},
-                          references={"teacher": federation["teacher_accuracy"]})
+
+
+def _write_federation_plot(federation: dict, out) -> None:
+    plots.plot_rounds(federation["rounds"], out / files.FEDERATION_PLOT,
+                      title="Federation: accuracy weighted by test-set size", ylabel="test accuracy",
+                      series={"distilled student": "accuracy", "baseline student": "baseline_accuracy"},
+                      references={"teacher": federation["teacher_accuracy"]})

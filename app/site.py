@@ -42,6 +42,8 @@ from app.data import (Data, Decoding, ImageFolderSource, LabelsFile, Source, Ten
                       decode_folders, open_dataset, unknown_folder_error)
 from app.errors import ConfigError, DataError, FederationError
 from app.images import has_colour
+from app.memory import release_free_memory
+from app.timings import Timings
 from app.model_checks import agreed_classes
 from app.model_files import build_model
 from app.normalization import Normalization
@@ -125,6 +127,7 @@ class Site:
         self.first_round = 0
         self.last_stats: dict[str, dict] = {}
         self.started = time.time()
+        self.timings = Timings()
 
     @property
     def student(self) -> torch.nn.Module:
@@ -141,6 +144,7 @@ class Site:
         ``data_dir``: the folder of the datasets (a cross-validation fold's; the input folder by
         default). ``teacher``: a frozen teacher another fold of this site loaded already. ``status``
         receives short progress messages (decoding) for the status line."""
+        began = time.time()
         config = load_config(input_dir / CONFIG_FILE)
         device = resolve_device(config.device)
 
@@ -167,6 +171,7 @@ class Site:
         student = build_model(path_of("student_model"), config.student_args, "student_model")
         site = cls(name, input_dir, output_dir, config, teacher.to(device), student.to(device), sources, device,
                    log, status)
+        site.timings = Timings(start=began)
         folders = [source for source in sources.values() if isinstance(source, ImageFolderSource)]
         for source in folders:
             site._report_folder(source)
@@ -300,6 +305,7 @@ class Site:
         self.first_round = plan["first_round"]
         if self.config.fedbn and self.config.init_student and plan["coordinator"] != self.name:
             self._resume_own_layers()
+        self.timings.phase_done("initial")
 
     def _prepare_data(self, classes: list[str] | None, channels: int | None) -> None:
         """Decode the image folders (agreed classes and channels), check the arrays against the
@@ -431,6 +437,8 @@ class Site:
         self.log(f"teacher: test accuracy {self.teacher_evaluation.accuracy:.4f}; logits of "
                  f"{len(self.train)} training samples cached in {time.perf_counter() - started:.1f}s")
         self.previous = self._shared(self.models)   # the students' starting point, from the plan
+        release_free_memory()
+        self.timings.phase_done("teacher")
         return self.teacher_evaluation
 
     # ------------------------------------------------------------------ rounds
@@ -444,6 +452,7 @@ class Site:
         if "baseline" in self.models:
             self.last_stats["baseline"] = train_local(self.models["baseline"], self.train, config,
                                                       role="baseline student", **local)
+        self.timings.add("training", sum(stats["seconds"] for stats in self.last_stats.values()))
         return self.wire.encode(self.name, self._shared(self.models), len(self.train), self.previous,
                                 summary=self.summary())
 
@@ -454,8 +463,10 @@ class Site:
     def apply_global(self, global_models: Models, round_index: int) -> None:
         """Load the global models, evaluate them on this site's test set, record the round, checkpoint."""
         self._load_global(self.models, global_models)
+        started = time.perf_counter()
         self.evaluations = {name: evaluate(model, self.test, self.num_classes, self.device)
                             for name, model in self.models.items()}
+        self.timings.add("evaluation", time.perf_counter() - started)
         record = {"round": round_index + 1}
         for name, evaluation in self.evaluations.items():
             prefix = "" if name == "student" else f"{name}_"
@@ -465,9 +476,11 @@ class Site:
         record["seconds"] = sum(stats["seconds"] for stats in self.last_stats.values())
         self.rounds.append(record)
         checkpoint.write(self.output_dir, round_index + 1, self.models, self.server.state_dict())
+        release_free_memory()
         baseline = f", baseline {record['baseline_accuracy']:.4f}" if "baseline" in self.models else ""
         self.log(f"round {record['round']}/{self.config.max_iter}: train loss {record['train_loss']:.4f}, "
                  f"global student test accuracy {record['accuracy']:.4f}{baseline}")
+        self.timings.round_done(round_index + 1)
 
     def summary(self) -> dict:
         """The few numbers the coordinator collects from every site for the federation report."""

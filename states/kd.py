@@ -96,9 +96,10 @@ class WriteResultsState(KDState):
         site = self.site
         self.report("writing results", 1 - RESULTS_SHARE)
         exported = site.export_students()   # first: the summary carries the int8 model's accuracy
-        if self.is_coordinator:
+        if self.is_coordinator:   # its own outputs first, while the other sites write theirs
+            prepared = site.prepare_outputs(exported)
             self.send_data_to_coordinator(site.done_summary(exported), memo="done")
-            metrics = site.write_outputs(federation=self.gather_data(memo="done"), exported=exported)
+            metrics = site.write_outputs(federation=self.gather_data(memo="done"), prepared=prepared)
         else:
             metrics = site.write_outputs(exported=exported)
             self.send_data_to_coordinator(site.done_summary(exported), memo="done")

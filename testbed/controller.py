@@ -206,6 +206,7 @@ class _Federation:
             # A second Ctrl-C must not leave clients behind.
             with _signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
                 stop_all(self.handles, self.timeouts.stop_grace)
+                self.launcher.close()
 
     def _run(self, env: dict[str, str]) -> SiteFailure | None:
         try:

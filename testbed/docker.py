@@ -175,6 +175,9 @@ class DockerLauncher:
             _docker("rm", "--force", name)
             raise
 
+    def close(self) -> None:
+        """Nothing to release: each container is removed with its client."""
+
     def hand_over(self, output_dir: Path) -> None:
         """Give the files a container wrote (as root) to the owner, so the controller can move and delete them."""
         uid, gid = self.owner

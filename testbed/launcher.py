@@ -2,17 +2,22 @@
 
 The controller only needs the seam below: start a client (which gives the URL of
 its FeatureCloud API), ask whether it still runs, read its log, stop it. The
-local launcher here runs each client as its own process group; ``docker.py``'s
-runs each in a container (its API URL then points at the container's nginx port).
+local launcher here runs each client as its own process group, forked by a fork
+server (``forkserver.py``); ``docker.py``'s runs each in a container (its API URL
+then points at the container's nginx port).
 """
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +77,13 @@ class ClientHandle(Protocol):
 
 
 class Launcher(Protocol):
-    """Starts clients; every client it started must be stopped with `stop_all`."""
+    """Starts clients; every client it started must be stopped with `stop_all`, then the launcher closed."""
 
     def start(self, spec: ClientSpec) -> ClientHandle:
         ...
+
+    def close(self) -> None:
+        """Release what the launcher holds for its clients (they are stopped already)."""
 
 
 def page_url(handle: ClientHandle) -> str | None:
@@ -96,9 +104,10 @@ def stop_all(handles: list[ClientHandle], grace: float) -> None:
 
 
 class LocalClient:
-    """A client running as a local process, leader of its own process group."""
+    """A client running as a local process (forked by the launcher's fork server), leader of its own
+    process group."""
 
-    def __init__(self, process: subprocess.Popen, port: int, log_path: Path):
+    def __init__(self, process: ForkedProcess, port: int, log_path: Path):
         self.process = process
         self.port = port
         self.log_path = log_path
@@ -138,13 +147,11 @@ class LocalClient:
         self._signal_group(signal.SIGKILL)
 
     def wait(self, timeout: float) -> bool:
-        try:
-            self.process.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+        return self.process.wait(timeout)
 
     def _signal_group(self, sig: signal.Signals) -> None:
+        if self.process.poll() is not None:
+            return   # reaped: its process group id may belong to another process by now
         try:
             os.killpg(self.process.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -153,7 +160,11 @@ class LocalClient:
 
 class LocalProcessLauncher:
     """Runs `python <entry> serve --port P --input-dir IN --output-dir OUT` per client, with the engine's
-    waits shortened (`engine_waits`, environment variables the entry applies; a spec's env wins)."""
+    waits shortened (`engine_waits`, environment variables the entry applies; a spec's env wins).
+
+    The clients are forked by a fork server (forkserver.py) that has imported the modules the entry's
+    `TESTBED_PRELOAD` names once for all of them: they share those pages, and start in milliseconds.
+    Variables read only when an interpreter starts (PYTHON*, MALLOC_*) take the controller's values."""
 
     def __init__(self, entry: Path, python: str = sys.executable,
                  engine_waits: dict[str, str] | None = None):
@@ -161,17 +172,23 @@ class LocalProcessLauncher:
         self.python = python
         self.engine_waits = SHORT_ENGINE_WAITS if engine_waits is None else engine_waits
         self._ports: set[int] = set()
+        self._server: ForkServer | None = None
 
     def start(self, spec: ClientSpec) -> LocalClient:
         port = self._free_port()
-        # The client runs in the app's folder, not the caller's: its folders go to it resolved.
-        command = [self.python, str(self.entry), "serve", "--port", str(port),
-                   "--input-dir", str(spec.input_dir.resolve()), "--output-dir", str(spec.output_dir.resolve())]
-        with open(spec.log_path, "wb") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **self.engine_waits, **spec.env}, cwd=self.entry.parent,
-                                       start_new_session=True, preexec_fn=die_with_parent())
+        if self._server is None or not self._server.running():
+            self._server = ForkServer(self.python, self.entry)
+        # The client runs in the app's folder (the fork server's), not the caller's: its folders go to it resolved.
+        process = self._server.fork(["serve", "--port", str(port), "--input-dir", str(spec.input_dir.resolve()),
+                                     "--output-dir", str(spec.output_dir.resolve())],
+                                    {**self.engine_waits, **spec.env}, spec.log_path)
         return LocalClient(process, port, spec.log_path)
+
+    def close(self) -> None:
+        """Stop the fork server (the clients are stopped already); the next start() starts another."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def _free_port(self) -> int:
         """A port nothing listens on now and that this launcher has not handed out yet."""
@@ -182,6 +199,89 @@ class LocalProcessLauncher:
             if port not in self._ports:
                 self._ports.add(port)
                 return port
+
+
+class ForkedProcess:
+    """A client the fork server forked: its exit as the server reported it (like Popen's poll and wait)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self._code: int | None = None
+        self._ended = threading.Event()
+
+    def ended(self, code: int) -> None:
+        self._code = code
+        self._ended.set()
+
+    def poll(self) -> int | None:
+        return self._code
+
+    def wait(self, timeout: float) -> bool:
+        return self._ended.wait(timeout)
+
+
+class ForkServer:
+    """A running forkserver.py for one entry script: forks clients and hears about their exits."""
+
+    SCRIPT = Path(__file__).resolve().with_name("forkserver.py")
+    ANSWER_TIMEOUT = 30.0   # for `started <pid>` once the server is ready
+
+    def __init__(self, python: str, entry: Path):
+        self._errors = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([python, str(self.SCRIPT), str(entry)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._errors, cwd=entry.parent,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                                        preexec_fn=die_with_parent())
+        self._clients: dict[int, ForkedProcess] = {}
+        self._lock = threading.Lock()
+        self._started: queue.Queue[int] = queue.Queue()
+        if self.process.stdout.readline() != b"ready\n":   # it imports the preloaded modules first
+            raise LaunchError(f"the test-bed's fork server for {entry.name} did not start: {self._error_text()}")
+        threading.Thread(target=self._listen, name="fork server", daemon=True).start()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def fork(self, argv: list[str], env: dict[str, str], log_path: Path) -> ForkedProcess:
+        request = json.dumps({"argv": argv, "env": env, "log": str(log_path)}) + "\n"
+        with self._lock:
+            try:
+                self.process.stdin.write(request.encode())
+                self.process.stdin.flush()
+                pid = self._started.get(timeout=self.ANSWER_TIMEOUT)
+            except (OSError, queue.Empty) as error:
+                raise LaunchError(f"the test-bed's fork server did not start the client: "
+                                  f"{self._error_text() or error}") from error
+            return self._clients.setdefault(pid, ForkedProcess(pid))
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()   # the server exits when its requests end
+        except OSError:
+            pass
+        try:
+            self.process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._errors.close()
+
+    def _listen(self) -> None:
+        for line in self.process.stdout:
+            kind, pid, *code = line.decode().split()
+            if kind == "started":
+                self._started.put(int(pid))
+            elif kind == "exited":
+                self._clients.setdefault(int(pid), ForkedProcess(int(pid))).ended(int(code[0]))
+        # The server is gone, and its clients with it (they die with their parent).
+        for client in list(self._clients.values()):
+            if client.poll() is None:
+                client.ended(-signal.SIGKILL)
+
+    def _error_text(self) -> str:
+        self._errors.seek(0)
+        lines = self._errors.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no message"
 
 
 PR_SET_PDEATHSIG = 1
