@@ -41,3 +41,7 @@ class TrainingError(KDError):
 
 class FederationError(KDError):
     """Sites disagree (config, architecture) or sent unusable updates."""
+
+
+class OutputError(KDError):
+    """The site cannot write its outputs (a full disk, a read-only or unwritable output folder)."""

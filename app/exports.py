@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.errors import first_line
+from app.errors import OutputError, first_line
 from app.files import atomic_write, write_bytes
 from app.normalization import Normalization, Normalize
 
@@ -34,6 +34,8 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> d
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(model, example, check_trace=False)
             atomic_write(path, lambda handle: torch.jit.save(traced, handle))
+    except OutputError:
+        raise   # the disk, not the model: every other output fails alike
     except Exception as error:  # noqa: BLE001 — any tracing failure is reported the same way
         return {"exported": False, "error": f"{type(error).__name__}: {first_line(error)}"}
     return {"exported": True}

@@ -9,6 +9,7 @@ changes none of an earlier run's files, and leaves ``unfinished/`` with ``error.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -19,6 +20,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 import yaml
+
+from app.errors import OutputError
 
 # The names of a site's output files.
 STUDENT_WEIGHTS = "student.pt"
@@ -44,17 +47,32 @@ REPLACED = ".replaced"      # in unfinished/: an earlier run's folders, removed 
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through ``write(handle)`` into a temporary file, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write through ``write(handle)`` into a temporary file, then rename it over ``path``. A disk that
+    is full or not writable is an OutputError naming the file and the fix."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        if error.errno not in _CANNOT_WRITE:
+            raise
+        raise OutputError(f"cannot write {path.name} to {path.parent}: {error.strerror}. "
+                          f"{_CANNOT_WRITE[error.errno]}") from error
     finally:
-        temporary.unlink(missing_ok=True)
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass   # the folder itself is not writable: there is no temporary file either
+
+
+_FULL = "Free some space on that disk (or give the site an output folder on another one)."
+_READ_ONLY = "Make the output folder writable."
+_CANNOT_WRITE = {errno.ENOSPC: _FULL, errno.EDQUOT: _FULL, errno.EFBIG: _FULL,
+                 errno.EROFS: _READ_ONLY, errno.EACCES: _READ_ONLY, errno.EPERM: _READ_ONLY}
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -125,5 +143,9 @@ def publish(output_dir: Path) -> None:
 
 
 def write_error(output_dir: Path, message: str) -> None:
-    """Say in ``unfinished/error.txt`` why the run failed."""
-    write_text(output_dir / UNFINISHED / ERROR, message.rstrip() + "\n")
+    """Say in ``unfinished/error.txt`` why the run failed, when the disk lets us: a full disk must not
+    replace the error being reported with its own."""
+    try:
+        write_text(output_dir / UNFINISHED / ERROR, message.rstrip() + "\n")
+    except OutputError:
+        pass

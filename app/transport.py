@@ -6,7 +6,11 @@
 - secure aggregation (SMPC): each site, the coordinator included, sends one
   numeric vector ``[n·weights..., n]``; the controller adds the vectors of all
   sites in fixed point and hands the coordinator only the sum, which it divides
-  by its last entry (Σn). No single site's model is ever seen.
+  by its last entry (Σn). No single site's model is ever seen. The site sends the
+  vector as the integers the controller's fixed point would make of it
+  (``int(x·10^smpc_exponent)``, computed alike), and the controller is told to
+  scale by 10^0: the same sum, a third fewer bytes, and integers are several
+  times faster to write and read as JSON than floats at full precision.
 - differential privacy (DP): each site sends the change of its float weights in
   this round, ``local − global``; the controller clips that vector's norm to
   ``dp.clipping`` and adds noise before anyone else sees it. The coordinator adds
@@ -35,10 +39,22 @@ Models = dict[str, Arrays]   # model name ("student", "baseline", "teacher") →
 class Wire:
     smpc: bool = False
     dp: bool = False
+    exponent: int = 8   # decimal digits the secure sum keeps (smpc_exponent)
 
     @classmethod
     def from_config(cls, config: KDConfig) -> "Wire":
-        return cls(smpc=config.use_smpc, dp=config.dp is not None)
+        return cls(smpc=config.use_smpc, dp=config.dp is not None, exponent=config.smpc_exponent)
+
+    @property
+    def fixed_point(self) -> bool:
+        """Sites send integers already in fixed point (secure sum without DP: DP noise is added to
+        the sites' own numbers, so those stay floats and the controller does the fixed point)."""
+        return self.smpc and not self.dp
+
+    @property
+    def controller_exponent(self) -> int:
+        """The exponent of the controller's fixed point (configure_smpc)."""
+        return 0 if self.fixed_point else self.exponent
 
     def encode(self, site: str, models: Models, samples: int, previous: Models, summary: dict | None = None) -> Any:
         """What a site sends for ``models`` trained on ``samples`` samples from ``previous``; a plain
@@ -47,7 +63,7 @@ class Wire:
             return {"site": site, "models": models, "samples": samples, "summary": summary}
         if self.dp:
             return (flatten(models, floats_only=True) - flatten(previous, floats_only=True)).tolist()
-        return np.append(flatten(models) * samples, samples).tolist()
+        return _fixed_point(np.append(flatten(models) * samples, samples), self.exponent)
 
     def decode(self, received: Any, previous: Models, sites: int) -> Models:
         """The global models from what the controller delivered to the coordinator: a list of
@@ -62,7 +78,7 @@ class Wire:
             mean_change = total / sites
             return _valid_variances(unflatten(flatten(previous, floats_only=True) + mean_change, previous,
                                               floats_only=True))
-        summed = np.asarray(received, dtype=np.float64)
+        summed = np.asarray(received, dtype=np.float64) / 10 ** self.exponent
         return unflatten(summed[:-1] / summed[-1], previous)
 
     def summaries(self, received: Any) -> list[dict]:
@@ -70,6 +86,14 @@ class Wire:
         if self.smpc or self.dp:
             return []
         return [update["summary"] for update in received if update.get("summary") is not None]
+
+
+def _fixed_point(vector: np.ndarray, exponent: int) -> list[int]:
+    """``int(x·10^exponent)`` of every number, as the controller computes it from a float."""
+    scaled = np.trunc(vector * 10 ** exponent)
+    if np.abs(scaled).max(initial=0) < 2 ** 63:
+        return scaled.astype(np.int64).tolist()
+    return [int(value) for value in scaled.tolist()]   # beyond int64 (huge weights or exponents): exact all the same
 
 
 def _valid_variances(models: Models) -> Models:

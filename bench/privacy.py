@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.aggregation import flatten
+from app.aggregation import flatten, to_arrays
 from app.config import DPConfig
 from app.site import Site
 from bench.noniid import (Arrays, Deliver, Outcome, generic_settings, hand_over, positive_numbers,
@@ -86,15 +86,19 @@ class SecureSum:
 
     exponent: int = 0
     error: float = 0.0   # the largest difference over all rounds and weights
+    sites: list[Site] = field(default_factory=list)
 
     def watch(self, sites: list[Site]) -> Deliver:
-        self.exponent = sites[0].config.smpc_exponent
+        self.exponent, self.sites = sites[0].wire.controller_exponent, sites
         return self.deliver
 
-    def deliver(self, payloads: list[list[float]], round_index: int) -> list[float]:
+    def deliver(self, payloads: list[list[int]], round_index: int) -> list[float]:
+        # The sites send their [n·weights..., n] in fixed point already; the exact sum comes from their models.
         total = smpc_sum(payloads, self.exponent)
-        exact = np.sum(np.asarray(payloads, dtype=np.float64), axis=0)
-        self.error = max(self.error, float(np.max(np.abs(np.asarray(total) - exact))) / exact[-1])
+        exact = np.sum([np.append(flatten({name: to_arrays(model.state_dict()) for name, model in site.models.items()})
+                                  * len(site.train), len(site.train)) for site in self.sites], axis=0)
+        summed = np.asarray(total) / 10 ** self.sites[0].config.smpc_exponent
+        self.error = max(self.error, float(np.max(np.abs(summed - exact))) / exact[-1])
         return total
 
 

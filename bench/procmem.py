@@ -7,7 +7,6 @@ alone (it is freed when that process ends).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 

@@ -121,7 +121,7 @@ class KDState(AppState):
         directly: exactly the fields configure_dp would have written, validated by our config.
         """
         config = self.site.config
-        self.configure_smpc(exponent=config.smpc_exponent)
+        self.configure_smpc(exponent=self.site.wire.controller_exponent)
         if config.dp is None:
             return
         dp = config.dp

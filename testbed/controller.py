@@ -145,6 +145,9 @@ def _in_user_folders(message: str, sites: list[ClientFolders], client_dirs: list
                      generic_dir: Path | None) -> str:
     """``message`` with the clients' temporary input folders (gone once the run ends) replaced by the
     client folders the user gave, and a word on where a site's input comes from."""
+    for site in sites:   # where its outputs are now
+        for path in {str(site.output_dir.resolve()), str(site.output_dir)}:
+            message = message.replace(path, str(site.log_path.with_name(f"{site.id}.failed")))
     for site, client_dir in zip(sites, client_dirs):
         temporary = {str(site.input_dir.resolve()), str(site.input_dir)}
         if any(path in message for path in temporary):
@@ -223,6 +226,8 @@ class _Federation:
             return SiteFailure(None, "interrupted (SIGTERM)")
 
     def _start(self, env: dict[str, str]) -> None:
+        # One after the other, from this thread: launchers start helper processes that die with the
+        # thread that started them (PR_SET_PDEATHSIG), so a worker thread would take them along.
         roles = ", ".join(f"{s.id} (coordinator)" if s.coordinator else s.id for s in self.sites)
         self._say(f"starting {roles}; logs: {', '.join(str(site.log_path) for site in self.sites)}")
         for site in self.sites:

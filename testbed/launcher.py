@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -92,15 +93,16 @@ def page_url(handle: ClientHandle) -> str | None:
 
 
 def stop_all(handles: list[ClientHandle], grace: float) -> None:
-    """Terminate every client, give them `grace` seconds together, then kill whatever is left and reap it."""
-    for handle in handles:
-        handle.terminate()
-    deadline = time.monotonic() + grace
-    for handle in handles:
-        handle.wait(max(0.0, deadline - time.monotonic()))
-    for handle in handles:
-        handle.kill()   # also reaches helper processes a client may have left in its group
-        handle.wait(grace)
+    """Terminate every client, give them `grace` seconds together, then kill whatever is left and reap it.
+    The clients are stopped side by side: stopping a container takes a few docker calls."""
+    if not handles:
+        return
+    with ThreadPoolExecutor(len(handles)) as pool:
+        list(pool.map(lambda handle: handle.terminate(), handles))
+        deadline = time.monotonic() + grace
+        list(pool.map(lambda handle: handle.wait(max(0.0, deadline - time.monotonic())), handles))
+        # kill() also reaches helper processes a client may have left in its group
+        list(pool.map(lambda handle: (handle.kill(), handle.wait(grace)), handles))
 
 
 class LocalClient:
@@ -173,22 +175,26 @@ class LocalProcessLauncher:
         self.engine_waits = SHORT_ENGINE_WAITS if engine_waits is None else engine_waits
         self._ports: set[int] = set()
         self._server: ForkServer | None = None
+        self._lock = threading.Lock()
 
     def start(self, spec: ClientSpec) -> LocalClient:
-        port = self._free_port()
-        if self._server is None or not self._server.running():
-            self._server = ForkServer(self.python, self.entry)
+        with self._lock:
+            port = self._free_port()
+            if self._server is None or not self._server.running():
+                self._server = ForkServer(self.python, self.entry)
+            server = self._server
         # The client runs in the app's folder (the fork server's), not the caller's: its folders go to it resolved.
-        process = self._server.fork(["serve", "--port", str(port), "--input-dir", str(spec.input_dir.resolve()),
-                                     "--output-dir", str(spec.output_dir.resolve())],
-                                    {**self.engine_waits, **spec.env}, spec.log_path)
+        process = server.fork(["serve", "--port", str(port), "--input-dir", str(spec.input_dir.resolve()),
+                               "--output-dir", str(spec.output_dir.resolve())], {**self.engine_waits, **spec.env},
+                              spec.log_path)
         return LocalClient(process, port, spec.log_path)
 
     def close(self) -> None:
         """Stop the fork server (the clients are stopped already); the next start() starts another."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        with self._lock:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
 
     def _free_port(self) -> int:
         """A port nothing listens on now and that this launcher has not handed out yet."""
@@ -236,7 +242,8 @@ class ForkServer:
         self._lock = threading.Lock()
         self._started: queue.Queue[int] = queue.Queue()
         if self.process.stdout.readline() != b"ready\n":   # it imports the preloaded modules first
-            raise LaunchError(f"the test-bed's fork server for {entry.name} did not start: {self._error_text()}")
+            raise LaunchError(f"the test-bed's fork server for {entry.name} did not start: "
+                              f"{self._error_text() or 'no message'}")
         threading.Thread(target=self._listen, name="fork server", daemon=True).start()
 
     def running(self) -> bool:
@@ -251,7 +258,7 @@ class ForkServer:
                 pid = self._started.get(timeout=self.ANSWER_TIMEOUT)
             except (OSError, queue.Empty) as error:
                 raise LaunchError(f"the test-bed's fork server did not start the client: "
-                                  f"{self._error_text() or error}") from error
+                                  f"{self._error_text() or repr(error)}") from error
             return self._clients.setdefault(pid, ForkedProcess(pid))
 
     def close(self) -> None:
@@ -281,7 +288,7 @@ class ForkServer:
     def _error_text(self) -> str:
         self._errors.seek(0)
         lines = self._errors.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else "no message"
+        return lines[-1] if lines else ""
 
 
 PR_SET_PDEATHSIG = 1
@@ -296,7 +303,8 @@ def _signal_name(number: int) -> str:
 
 def die_with_parent():
     """On Linux, a function making the child receive SIGKILL when the controller dies without cleaning
-    up (e.g. killed with SIGKILL), so no client outlives it; None elsewhere."""
+    up (e.g. killed with SIGKILL), so no client outlives it; None elsewhere. Linux sends it when the
+    *thread* that started the child ends, so start such children from the controller's main thread."""
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up before fork: the child only calls it

@@ -1,4 +1,6 @@
 """FedAvg over whole state_dicts: weights, float buffers, integer counters, checks."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,8 @@ from torch import nn
 
 from app.aggregation import Update, batchnorm_keys, fedavg, flatten, to_arrays, to_state_dict, unflatten
 from app.errors import FederationError
+from app.transport import Wire
+from testbed.privacy import smpc_sum
 
 
 def bn_net(seed):
@@ -118,3 +122,27 @@ def test_a_vector_of_the_wrong_length_is_a_federation_error():
 def test_batchnorm_keys_are_exactly_the_batchnorm_entries():
     assert batchnorm_keys(bn_net(0)) == {"1.weight", "1.bias", "1.running_mean", "1.running_var",
                                          "1.num_batches_tracked"}
+
+
+def test_secure_sum_of_fixed_point_integers_is_the_controllers_own_sum_bit_for_bit():
+    """Sites send int(x·10^8) themselves and the controller scales by 10^0: the coordinator's model is
+    exactly what the controller's own fixed point of the float vectors [n·w..., n] gave."""
+    rng = np.random.default_rng(3)
+    models = [{"student": {"w": rng.normal(0, 0.1, (40, 30)).astype(np.float32),
+                           "running_var": rng.uniform(0, 500, 30).astype(np.float32),
+                           "num_batches_tracked": np.array(7 + i)}} for i in range(3)]
+    samples = [500, 1234, 77]
+    previous = models[0]
+    wire = Wire(smpc=True, exponent=8)
+    assert wire.controller_exponent == 0
+    sent = [wire.encode(f"c{i}", m, n, previous) for i, (m, n) in enumerate(zip(models, samples))]
+    assert all(isinstance(value, int) for value in sent[0])
+    got = wire.decode(smpc_sum(sent, wire.controller_exponent), previous, sites=3)
+
+    as_floats = [np.append(flatten(m) * n, n).tolist() for m, n in zip(models, samples)]
+    summed = np.asarray(smpc_sum(as_floats, 8), dtype=np.float64)
+    expected = unflatten(summed[:-1] / summed[-1], previous)
+    for name, value in expected["student"].items():
+        assert got["student"][name].dtype == value.dtype
+        np.testing.assert_array_equal(got["student"][name], value)
+    assert len(json.dumps(sent[0])) < 0.75 * len(json.dumps(as_floats[0]))

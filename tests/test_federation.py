@@ -4,6 +4,8 @@ import io
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,6 +155,26 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_student(tmp_path, sm
     uninterrupted = torch.load(whole.outputs["site1"] / "student.pt", weights_only=True)
     for name, tensor in uninterrupted.items():
         assert torch.equal(resumed[name], tensor), name
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare, to mount a small file system for one command")
+def test_a_disk_that_fills_up_during_the_run_is_one_message_naming_the_file_and_the_fix(tmp_path, small_federation):
+    """The outputs do not fit on a real 300 KB file system (mounted for the one command): the run ends
+    with the app's message instead of an OSError traceback."""
+    generic, clients = small_federation(**QUICK)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    command = [sys.executable, "main.py", "simulate", "--client-dirs", ",".join(map(str, clients)),
+               "--generic-dir", str(generic), "--output-dir", str(disk / "out"), "--timeout", "300"]
+    script = f"mount -t tmpfs -o size=300k tmpfs {disk} && exec \"$@\""
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", *command], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr
+    first = done.stderr.splitlines()[0]
+    expected = (rf"site (site\d): cannot write \S+ to {disk}/out/\1\.failed/unfinished: No space left on device\. "
+                r"Free some space on that disk \(or give the site an output folder on another one\)\.")
+    assert re.fullmatch(expected, first), done.stderr
 
 
 def test_the_container_entry_serves_the_featurecloud_api(tmp_path):

@@ -131,7 +131,8 @@ def test_secure_sum_gives_plain_fedavg_within_the_fixed_point_precision(tmp_path
     plain = [load(tmp_path / "plain", f"c{i}", f"c{i}", n_train=300 + 200 * i) for i in (1, 2)]
     secure = [load(tmp_path / "smpc", f"c{i}", f"c{i}", n_train=300 + 200 * i, use_smpc=True) for i in (1, 2)]
     expected = federate_locally(plain, 1, lambda payloads: payloads)
-    got = federate_locally(secure, 1, lambda payloads: smpc_sum(payloads, exponent=8))
+    assert secure[0].wire.controller_exponent == 0   # the sites send fixed-point integers already
+    got = federate_locally(secure, 1, lambda payloads: smpc_sum(payloads, secure[0].wire.controller_exponent))
     for name, value in expected[0]["student"].items():
         np.testing.assert_allclose(got[0]["student"][name], value, rtol=0, atol=1e-6)
         assert got[0]["student"][name].dtype == value.dtype
