@@ -20,9 +20,11 @@ from pathlib import Path
 APP_ENGINE_WAITS = {"TRANSITION_WAIT": 0.05, "TERMINAL_WAIT": 0.1, "DATA_POLL_INTERVAL": 0.02}
 # The local test-bed's fork server imports these once and forks every client from it, so the clients share
 # them (torch alone is 280 MB of private memory per process with PyPI's CUDA build) and start at once.
-# torch._dynamo (with sympy, 900 modules, 70 MB) is what torch.optim imports on its first optimizer.
-TESTBED_PRELOAD = ("states", "FeatureCloud.app.api.http_ctrl", "FeatureCloud.app.api.http_web", "bottle",
-                   "torch._dynamo", "torch.onnx", "onnx", "onnxruntime", "PIL.PngImagePlugin")
+# torch._dynamo (with sympy, 900 modules, 70 MB) is what torch.optim imports on its first optimizer;
+# the exports and the TensorBoard writer import the rest when the outputs are written. Not onnxruntime:
+# importing it starts a thread, which a fork would not copy (numpy's OpenBLAS threads restart after one).
+TESTBED_PRELOAD = ("states", "web.server", "FeatureCloud.app.api.http_ctrl", "bottle", "torch._dynamo",
+                   "torch.onnx", "onnx", "torch.utils.tensorboard", "PIL.PngImagePlugin")
 # `serve` (a local launcher's client) also takes them from these variables.
 ENGINE_WAIT_VARIABLES = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_WAIT": "TERMINAL_WAIT",
                          "FC_DATA_POLL_INTERVAL": "DATA_POLL_INTERVAL"}

@@ -27,7 +27,7 @@ from app.config import load_config  # noqa: E402
 from app.data import load_dataset  # noqa: E402
 from app.files import STUDENT_WEIGHTS, save_state_dict  # noqa: E402
 from app.model_files import build_model  # noqa: E402
-from app.training import TrainSettings, compute_logits, evaluate, train_local  # noqa: E402
+from app.training import compute_logits, evaluate, train_local  # noqa: E402
 from app.weights import load_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +50,13 @@ def run(sample_dir: Path, out: Path) -> float:
     for name in train:
         evaluate(teacher, test[name], classes)
         logits[name] = compute_logits(teacher, train[name])
-    settings = TrainSettings.from_config(config)
     global_weights = to_arrays(student.state_dict())
     for round_index in range(config.max_iter):
         updates = []
         for name, data in train.items():
             student.load_state_dict({key: torch.as_tensor(value) for key, value in global_weights.items()})
-            train_local(student, data, settings, teacher_logits=logits[name], round_index=round_index)
+            train_local(student, data, config, epochs=config.local_epochs, proximal_mu=config.proximal_mu,
+                        teacher_logits=logits[name], round_index=round_index)
             updates.append(Update(name, to_arrays(student.state_dict()), len(data)))
         global_weights = to_arrays(fedavg(updates))
         student.load_state_dict({key: torch.as_tensor(value) for key, value in global_weights.items()})

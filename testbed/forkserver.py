@@ -19,7 +19,9 @@ What this buys, measured on the sample federation (README, "Speed"): the clients
 the pages of torch and the other preloaded modules instead of each holding its own
 copy (torch alone is 280 MB of private memory per process with PyPI's CUDA build),
 and a client starts in milliseconds instead of the seconds those imports take.
-The server itself starts no thread, so forking it is safe.
+A fork copies only the thread that forks: the server starts none itself, and the
+modules it preloads must not either (numpy's OpenBLAS threads are restarted after a
+fork by OpenBLAS itself).
 """
 from __future__ import annotations
 
