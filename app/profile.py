@@ -17,7 +17,10 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-LATENCY_BUDGET_S = 0.2    # per measurement: a few ms models run hundreds of times, large ones `repeats` times
+# Per measurement: a few ms models run hundreds of times, large ones at least `repeats` times. Three
+# tries of a slow call (the sample teacher's batch of 256 takes 0.1 s) were ten until issue 15: that
+# was a second of every site's writing results.
+LATENCY_BUDGET_S = 0.2
 LATENCY_MAX_RUNS = 2000
 LATENCY_TURNS = 10        # models measured together take turns of a tenth of their budget
 # onnxruntime models are compared two at a time (float and int8 take turns), on a smaller
@@ -51,7 +54,7 @@ class ModelSummary:
 
 
 def summarize(model: nn.Module, sample_shape: tuple[int, ...], large_batch: int = 256,
-              repeats: int = 10) -> ModelSummary:
+              repeats: int = 3) -> ModelSummary:
     """Size and CPU inference speed of ``model`` on random inputs of ``sample_shape``.
 
     A model living on another device is measured on a CPU copy; its mode is left unchanged.

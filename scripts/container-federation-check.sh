@@ -10,7 +10,8 @@
 # student.pt, one metrics.json round entry per configured round, student accuracy >= 0.95, a
 # student_int8.onnx predicting like the float student on >= 98% of the site's test images.
 # Needs a running Docker engine and the image (scripts/docker-ci.sh provides both); never pulls.
-# The containers keep the engine's default waits, so this takes about a minute and a half.
+# The app shortens the engine's waits in the container too (README, "Platform waits"), so this takes about as
+# long as the local run.
 # Exits non-zero with an "ERROR:" line naming what failed.
 set -euo pipefail
 
