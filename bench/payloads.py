@@ -17,7 +17,7 @@ broadcast (pickled on every path). The SMPC and DP rows are compared with the JS
 float64 ``.tolist()`` vectors the app sent before (``before``), measured in the same run.
 
 The last line is ``smpc_encode_vs_before=<x> smpc_decode_vs_before=<y> smpc_bytes_vs_before=<z>
-dp_encode_vs_before=<u>`` (times as fast, bytes as a fraction).
+dp_encode_vs_before=<u> dp_bytes_vs_before=<v>`` (times as fast, bytes as a fraction).
 """
 from __future__ import annotations
 
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     ratios = {"smpc_encode_vs_before": old["SMPC"]["encode"] / rows["SMPC"]["encode"],
               "smpc_decode_vs_before": old["SMPC"]["decode"] / rows["SMPC"]["decode"],
               "smpc_bytes_vs_before": rows["SMPC"]["up"] / old["SMPC"]["up"],
-              "dp_encode_vs_before": old["DP"]["encode"] / rows["DP"]["encode"]}
+              "dp_encode_vs_before": old["DP"]["encode"] / rows["DP"]["encode"],
+              "dp_bytes_vs_before": rows["DP"]["up"] / old["DP"]["up"]}
     lines += ["", "before: the float64 .tolist() JSON the SMPC and DP paths sent until now; its decode is the engine's "
                   "json.loads and numpy of one site's vector (an SMPC sum has the same size)",
               " ".join(f"{name}={value:.2f}" for name, value in ratios.items())]
