@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
 import yaml
 
 from app.errors import OutputError
@@ -89,14 +88,18 @@ def write_json(path: Path, obj: Any) -> None:
 
 def save_state_dict(state_dict: Mapping[str, Any], path: Path) -> None:
     """Saved with every tensor on the CPU, so a GPU site's file loads anywhere."""
-    atomic_write(path, lambda handle: torch.save(_on_cpu(state_dict), handle))
+    # torch is imported here, not at the top: the test-bed's own process reads the outputs' names and
+    # metrics.json through this module, and importing torch would cost it seconds before any site starts.
+    import torch
+
+    atomic_write(path, lambda handle: torch.save(_on_cpu(state_dict, torch.Tensor), handle))
 
 
-def _on_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
+def _on_cpu(value: Any, tensor: type) -> Any:
+    if isinstance(value, tensor):
         return value.detach().cpu()
     if isinstance(value, Mapping):
-        return {key: _on_cpu(item) for key, item in value.items()}
+        return {key: _on_cpu(item, tensor) for key, item in value.items()}
     return value
 
 

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 from app import files
-from app.quantization import FEW_CALIBRATION_SAMPLES
 
 INT8_TOLERATED_LOSS = 0.01      # more lost accuracy than this and report.md recommends the float model
 SMALL_MODEL_SIZE_RATIO = 0.35   # an int8 file larger than this share of the float one: fixed overhead dominates
@@ -179,6 +178,10 @@ def _speed(float_ms: float, int8_ms: float) -> str:
 
 
 def _int8(metrics: dict) -> str:
+    # Not imported at the top: print_summary runs in the test-bed's own process, which must not import
+    # torch (quantization imports profile) before it starts the sites.
+    from app.quantization import FEW_CALIBRATION_SAMPLES
+
     int8 = metrics["int8"]
     heading = "## int8 student (onnxruntime, this site's CPU)\n\n"
     if not int8["exported"]:

@@ -407,6 +407,16 @@ def test_an_output_dir_on_a_full_or_read_only_disk_is_one_clear_message(tmp_path
                            f"{fix}, or choose another --output-dir.\n")
 
 
+def test_simulate_itself_never_imports_torch():
+    """The sites import torch (in the fork server); `main.py simulate` itself, summary table included,
+    must not: it would cost seconds before the first site starts."""
+    code = ("import sys, main; from app.report import print_summary; import testbed.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime', 'matplotlib')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_cli_without_required_options_exits_2(capsys):
     assert simulate(["--output-dir", "x"], entry=TOY) == 2
     assert "the following arguments are required: --client-dirs" in capsys.readouterr().err
