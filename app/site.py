@@ -359,13 +359,15 @@ class Site:
         """Whether the federation computes the normalization from every site's images."""
         return self.config.normalize == "federated"
 
-    def channel_sums(self) -> list[float]:
-        """This site's pixel count and per-channel sums and sums of squares of its training images."""
-        return normalization.channel_sums(self.train)
+    def channel_sums(self) -> list:
+        """This site's pixel count and per-channel sums and sums of squares of its training images, as
+        its wire sends them (fixed-point integers into a secure sum without DP)."""
+        return self.wire.encode_numbers(normalization.channel_sums(self.train))
 
     def pool_channel_sums(self, received: object, sites: int) -> dict:
         """The coordinator's federated normalization from every site's channel sums (or their secure sum)."""
-        totals = normalization.total(received, summed=self.wire.smpc)
+        totals = normalization.total(self.wire.decode_numbers(received) if self.wire.smpc else received,
+                                     summed=self.wire.smpc)
         return {**normalization.pooled(totals).as_dict(), "pixels": int(round(totals[0])), "sites": sites}
 
     def adopt_normalization(self, statistics: dict) -> None:

@@ -67,6 +67,16 @@ class Wire:
             return _nine_digits(flatten(models, floats_only=True) - flatten(previous, floats_only=True)).tolist()
         return _fixed_point(np.append(flatten(models) * samples, samples), self.exponent)
 
+    def encode_numbers(self, values: list[float]) -> list:
+        """A vector of plain numbers (not models: the normalization's channel sums) as a site sends it
+        into a secure sum: in the wire's fixed point when the controller is told to scale by 10^0."""
+        return _fixed_point(np.asarray(values, dtype=np.float64), self.exponent) if self.fixed_point else values
+
+    def decode_numbers(self, summed: Any) -> list[float]:
+        """The controller's secure sum of ``encode_numbers`` vectors, as numbers."""
+        scale = 10 ** self.exponent if self.fixed_point else 1
+        return [float(value) / scale for value in summed]
+
     def decode(self, received: Any, previous: Models, sites: int) -> Models:
         """The global models from what the controller delivered to the coordinator: a list of
         updates (plain, DP) or one summed vector (SMPC)."""

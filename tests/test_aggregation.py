@@ -161,3 +161,15 @@ def test_a_dp_change_travels_with_nine_significant_digits():
     np.testing.assert_allclose(sent, exact, rtol=5e-9, atol=0)
     assert all(float(f"{value:.9g}") == value for value in sent)   # JSON writes no more than 9 digits
     assert len(json.dumps(sent)) < 0.75 * len(json.dumps(exact.tolist()))
+
+
+def test_channel_sums_keep_the_secure_sums_eight_digits_when_the_controller_scales_by_one():
+    """The normalization's channel sums share the models' wire: sent as fixed-point integers when the
+    controller is told to scale by 10^0 (sent as floats, it would truncate them to whole numbers)."""
+    sums = [[784.0, 97.123456789, 41.987654321], [1568.0, 210.555555555, 88.000000019]]
+    wire = Wire(smpc=True, exponent=8)
+    got = wire.decode_numbers(smpc_sum([wire.encode_numbers(values) for values in sums], wire.controller_exponent))
+    assert got == smpc_sum(sums, 8)   # what the controller makes of the floats at 10^8
+    assert got[1] != int(got[1]) and abs(got[1] - (97.123456789 + 210.555555555)) < 1e-7
+    with_dp = Wire(smpc=True, dp=True, exponent=8)   # noised sites send floats; the controller scales
+    assert with_dp.encode_numbers(sums[0]) == sums[0] and with_dp.decode_numbers([1.5]) == [1.5]
