@@ -250,7 +250,8 @@ class ForkServer:
         return self.process.poll() is None
 
     def fork(self, argv: list[str], env: dict[str, str], log_path: Path) -> ForkedProcess:
-        request = json.dumps({"argv": argv, "env": env, "log": str(log_path)}) + "\n"
+        # The server and its clients run in the entry's folder: a path relative to the caller's would miss.
+        request = json.dumps({"argv": argv, "env": env, "log": str(log_path.resolve())}) + "\n"
         with self._lock:
             try:
                 self.process.stdin.write(request.encode())
