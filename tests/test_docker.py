@@ -174,6 +174,12 @@ def test_broken_config_reports_error_status_and_kd_error_line(tmp_path):
         container.request("/setup", json_body=ONE_CLIENT)
         final, _ = drive_to_end(container)
         logs = container.logs()
+        deadline = time.monotonic() + 15
+        # supervisord forwards the app's output to docker's log on its own schedule: on a busy machine the
+        # line can arrive after the status says error
+        while "KD-ERROR" not in logs and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+            logs = container.logs()
     assert final["state"] == "error" and final["finished"], final
     assert final["message"] == "ConfigError"
     error_lines = [line for line in logs.splitlines() if line.startswith("KD-ERROR")]
