@@ -34,6 +34,9 @@ SETUP_SLEEP = 1.0   # the engine's POST /setup handler sleeps this long before a
 WEB_TIMEOUT = 1.0   # the state name in failure messages is a nicety: never wait long for it
 # Until a container's app listens, nginx logs one "connect() failed" line per poll: a few are plenty.
 START_POLL = 0.25
+# A container's output reaches `docker logs` through supervisord, sometimes after its status says error:
+# wait this long for the app's own message before falling back to the engine's exception name.
+LOG_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -279,8 +282,7 @@ class _Federation:
             except RequestFailed as error:
                 client = self.clients[site_id]
                 self._check_running(client)
-                reason = error_from_log(client.handle.log_text()) or str(error)
-                raise SiteFailure(site_id, f"setup failed: {reason}") from error
+                raise SiteFailure(site_id, f"setup failed: {_failure_reason(client, str(error))}") from error
             self.clients[site_id].last_answer = time.monotonic()
 
     def _drive(self) -> None:
@@ -302,8 +304,7 @@ class _Federation:
             return
         self._show(client, status)
         if status.failed:
-            reason = error_from_log(client.handle.log_text()) or f"failed with {status.message}"
-            raise SiteFailure(client.id, reason)
+            raise SiteFailure(client.id, _failure_reason(client, f"failed with {status.message}"))
         if status.available:
             body = self._transfer(client, client.api.pull)
             try:
@@ -394,6 +395,16 @@ def _summary(status: Status) -> str:
     percent = "   -" if status.progress is None else f"{status.progress * 100:3.0f}%"
     state = "" if status.state in (None, "running") else f"  [{status.state}]"
     return f"{percent}  {status.message or ''}{state}"
+
+
+def _failure_reason(client: _Client, fallback: str) -> str:
+    """The failed site's own message from its log, waiting up to LOG_GRACE for it to arrive."""
+    deadline = time.monotonic() + LOG_GRACE
+    while True:
+        reason = error_from_log(client.handle.log_text())
+        if reason or time.monotonic() > deadline:
+            return reason or fallback
+        time.sleep(START_POLL)
 
 
 def _set_aside_earlier_logs(sites: list[ClientFolders], work_dir: Path) -> None:
