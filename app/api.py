@@ -20,7 +20,7 @@ from app.config import SECTION, TRAINING_KEYS, parse_config
 from app.data import as_train_and_test, check_compatible
 from app.errors import ConfigError
 from app.model_checks import agreed_classes
-from app.training import compute_logits, evaluate, resolve_device, train_local
+from app.training import compute_logits, evaluate, make_optimizer, resolve_device, train_local
 
 
 @dataclass
@@ -42,7 +42,8 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     tensors or arrays, a torch Dataset, or ``app.data.TensorData``. With ``test`` given, each
     epoch record has the student's test ``accuracy`` and ``loss``. One batch first goes through
     both models, so a model whose outputs do not fit the labels (or each other) is reported before
-    training. The teacher's logits are computed once and reused every epoch.
+    training. The teacher's logits are computed once and reused every epoch; one optimizer runs
+    through all epochs.
     """
     _check_keys(settings)
     config = parse_config({SECTION: settings}, source="distill()", require_teacher=False)
@@ -59,9 +60,11 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     logits = compute_logits(teacher, train_data, run_on)
     history = History(teacher_accuracy=evaluate(teacher, test_data, classes, run_on).accuracy
                       if test_data is not None else None)
+    optimizer = make_optimizer(student, config)   # one optimizer over all epochs, as any training loop has
     for epoch in range(epochs):
         record = {"epoch": epoch + 1, **train_local(student, train_data, config, epochs=1, teacher_logits=logits,
-                                                    round_index=epoch, rounds=epochs, device=run_on)}
+                                                    round_index=epoch, rounds=epochs, device=run_on,
+                                                    optimizer=optimizer)}
         if test_data is not None:
             result = evaluate(student, test_data, classes, run_on)
             record.update(accuracy=result.accuracy, loss=result.loss)

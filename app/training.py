@@ -102,7 +102,7 @@ def scheduled_lr(config: KDConfig, start: float, end: float) -> float:
 def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, proximal_mu: float = 0.0,
                 teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
                 round_index: int = 0, rounds: int = 0, device: torch.device | str = "cpu",
-                role: str = "student") -> dict:
+                role: str = "student", optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Train ``model`` in place for ``epochs`` epochs with ``config``'s training keys; return round statistics.
 
     With ``teacher_logits`` (cached, [N, K]) or ``teacher`` (run on each batch) the
@@ -112,12 +112,14 @@ def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, 
     epochs, over which ``lr_schedule`` and ``lr_warmup`` shape the learning rate step by step;
     0: the learning rate stays ``learning_rate`` (the teacher's training).
     ``role`` names the model in error messages ("student", "teacher", "baseline").
+    ``optimizer``: one ``make_optimizer(model, config)`` made earlier, whose state (Adam's moments,
+    SGD's momentum) carries over from call to call; by default a fresh one for this call.
     """
     distilling = teacher_logits is not None or teacher is not None
     if teacher is not None:
         teacher.eval()   # frozen: dropout off, BatchNorm statistics fixed; run under inference_mode
     torch.manual_seed(config.seed * 7_919 + round_index)   # dropout & co., reproducible per round
-    optimizer = make_optimizer(model, config)
+    optimizer = optimizer or make_optimizer(model, config)
     # FedProx's anchor: the weights training starts from, i.e. this round's global model.
     anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad] \
         if proximal_mu > 0 else []

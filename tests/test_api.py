@@ -3,8 +3,11 @@ import pytest
 import torch
 
 from app.api import distill
+from app.config import KDConfig
+from app.data import TensorData
 from app.errors import ConfigError, ModelError
 from app.model_files import build_model
+from app.training import compute_logits, make_optimizer, train_local
 from app.weights import load_weights
 from tests.conftest import SAMPLE
 
@@ -67,6 +70,33 @@ def test_settings_not_given_take_the_config_defaults():
     default = distilled()
     assert torch.equal(default, distilled(batch_size=256, learning_rate=0.001, temperature=2.0, alpha=0.5))
     assert not torch.equal(default, distilled(learning_rate=0.01))
+
+
+def test_one_optimizer_runs_through_all_epochs():
+    """distill(epochs=3) trains as one Adam over three epochs (its moments carry over), not as three fresh ones."""
+    images, labels = torch.rand(96, 1, 4, 4), torch.randint(0, 3, (96,))
+    config = KDConfig(batch_size=32, learning_rate=0.01)
+
+    def models():
+        torch.manual_seed(0)
+        return [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)) for _ in range(2)]
+
+    teacher, student = models()
+    distill(teacher, student, (images, labels), epochs=3, batch_size=32, learning_rate=0.01)
+    data = TensorData(images, labels)
+    logits = compute_logits(teacher, data)
+
+    def by_hand(keep: bool):
+        _, model = models()
+        optimizer = make_optimizer(model, config) if keep else None
+        for epoch in range(3):
+            train_local(model, data, config, epochs=1, teacher_logits=logits, round_index=epoch, rounds=3,
+                        optimizer=optimizer)
+        return model[1].weight
+
+    kept, fresh = by_hand(keep=True), by_hand(keep=False)
+    assert torch.equal(student[1].weight, kept)
+    assert not torch.equal(kept, fresh)
 
 
 def test_accuracy_counts_over_the_models_outputs_not_the_labels_seen():
