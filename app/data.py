@@ -40,6 +40,7 @@ SUPPORTED = ".pt, .pth, .npz, .npy, or a folder with one sub-folder of images pe
 # channel counts in the last dimension.
 _CHANNEL_COUNTS = (1, 3, 4)
 _GRAYSCALE_MODES = ("1", "L", "LA")
+PROGRESS_LOG_SECONDS = 10.0   # a long decoding shows in the log too, not only on the status line
 _LABELS_HINT = "Fix the labels array: it must hold whole numbers 0..K-1, one per image."
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -320,7 +321,7 @@ def decode_folders(sources: dict[str, Source], decoding: Decoding) -> dict[str, 
         else:
             budget -= needed
             pixels = decode_files(source.folders.files, decoding.size, stored, workers=decoding.workers,
-                                  name=source.name, progress=_progress(decoding.status, done, total))
+                                  name=source.name, progress=_progress(decoding, done, total))
             data = TensorData(pixels, labels, name=source.name)
         data.channels = decoding.channels
         done += len(source)
@@ -331,10 +332,19 @@ def decode_folders(sources: dict[str, Source], decoding: Decoding) -> dict[str, 
     return result
 
 
-def _progress(status: Callable[[str], None] | None, before: int, total: int) -> Callable[[int, int], None] | None:
-    if status is None:
-        return None
-    return lambda done, _: status(f"decoding {before + done:,}/{total:,}")
+def _progress(decoding: Decoding, before: int, total: int) -> Callable[[int, int], None]:
+    """``decoding n/N`` on the status line as files finish, and in the log every PROGRESS_LOG_SECONDS."""
+    logged = time.monotonic()
+
+    def progress(done: int, _: int) -> None:
+        nonlocal logged
+        message = f"decoding {before + done:,}/{total:,}"
+        if decoding.status is not None:
+            decoding.status(message)
+        if decoding.log is not None and time.monotonic() - logged >= PROGRESS_LOG_SECONDS:
+            logged = time.monotonic()
+            decoding.log(message)
+    return progress
 
 
 def _folder_labels(source: ImageFolderSource, classes: list[str]) -> torch.Tensor:
@@ -351,13 +361,17 @@ def unknown_folder_error(source: ImageFolderSource, folder: str, classes: list[s
                      f"classes in config.yml, or move that folder out of {source.folders.root.name}/.")
 
 
-def check_compatible(train: Data, test: Data) -> None:
-    """DataError unless train and test samples have the same shape (channels, height, width)."""
+def check_compatible(train: Data, test: Data, image_files: bool = False) -> None:
+    """DataError unless train and test samples have the same shape (channels, height, width).
+
+    ``image_files``: either was decoded from image files, which image_size resizes to one size."""
     if train.sample_shape != test.sample_shape:
-        raise DataError(
-            f"{train.name} has images of shape {train.sample_shape} (C, H, W) but {test.name} has "
-            f"{test.sample_shape}. Both datasets must hold images of the same size and number of channels."
-        )
+        fix = ("Set image_size in config.yml (e.g. image_size: "
+               f"{min(*train.sample_shape[1:], *test.sample_shape[1:])}) to resize every image file to one size"
+               if image_files and train.sample_shape[1:] != test.sample_shape[1:]
+               else "Both datasets must hold images of the same size and number of channels")
+        raise DataError(f"{train.name} has images of shape {train.sample_shape} (C, H, W) but {test.name} has "
+                        f"{test.sample_shape}. {fix}.")
 
 
 def as_train_and_test(train: Any, test: Any = None) -> tuple[Data, Data | None]:

@@ -324,7 +324,8 @@ class Site:
             if not isinstance(source, ImageFolderSource):
                 self._check_arrays(key, data[key])
         self.train, self.test = data["train_dataset"], data["test_dataset"]
-        check_compatible(self.train, self.test)
+        check_compatible(self.train, self.test,
+                         image_files=any(isinstance(source, ImageFolderSource) for source in self.sources.values()))
         self.num_classes = agreed_classes(self.teacher, self.student, self.train, self.test,
                                           (config.teacher_model, config.student_model), self.device,
                                           classes=classes)

@@ -188,6 +188,14 @@ def photos(edit: Callable[[Path], object] = lambda train: None, **settings) -> C
     return breaks
 
 
+def enlarge_test_images(train: Path) -> None:
+    """Every test image 32×32, every training image still 28×28: each folder has one size."""
+    for path in (train.parent / "test").glob("*/*.png"):
+        with Image.open(path) as image:
+            resized = image.resize((32, 32))
+        resized.save(path)
+
+
 def emptied(train: Path) -> None:
     for image in train.glob("*/*"):
         image.unlink()
@@ -375,6 +383,9 @@ CASES = [
          photos(lambda train: save(Image.new("L", (40, 28)), train / "5" / "wide.png")),
          ("train_dataset 'train': 'train/5/wide.png' is 28×40 pixels (height×width) but 'train/0/",
           "Set image_size in config.yml (e.g. image_size: 28)")),
+    Case("image-train-and-test-sizes-differ-without-image-size", photos(enlarge_test_images),
+         ("train_dataset 'train' has images of shape (1, 28, 28) (C, H, W) but test_dataset 'test' has (1, 32, 32)",
+          "Set image_size in config.yml (e.g. image_size: 28) to resize every image file to one size")),
     Case("image-size-zero", config(image_size=0),
          ("config.yml: image_size: 0 — must be a whole number of pixels from 1 to 4096",)),
     Case("image-size-above-4096", config(image_size=[28, 5000]),

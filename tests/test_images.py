@@ -240,6 +240,18 @@ def test_decoding_progress_fits_the_status_line(tmp_path):
     assert len(f"decoding {10 ** 9:,}/{10 ** 9:,}") <= 40
 
 
+def test_a_long_decoding_shows_its_progress_in_the_log_too(tmp_path, monkeypatch):
+    image_folders(tmp_path, n_train=70, n_test=30)
+    quick, slow = [], []
+    decode_folders(opened(tmp_path), Decoding([str(d) for d in range(10)], 1, log=quick.append))
+    assert not [line for line in quick if line.startswith("decoding")]   # a short one: its last line only
+    monkeypatch.setattr("app.data.PROGRESS_LOG_SECONDS", 0.0)   # as if every chunk took that long
+    decode_folders(opened(tmp_path), Decoding([str(d) for d in range(10)], 1, log=slow.append))
+    progress = [line for line in slow if line.startswith("decoding")]
+    assert progress[0] == "decoding 32/100" and progress[-1] == "decoding 100/100"
+    assert slow[-1].startswith("decoded 100 images in")
+
+
 # ------------------------------------------------------------------ files that must be refused
 
 def bomb_png(path: Path, side: int = 20_000) -> Path:

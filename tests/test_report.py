@@ -63,6 +63,22 @@ def test_plot_is_a_valid_png(tmp_path):
     assert (width, height) == (600, 400)
 
 
+def test_the_confusion_matrix_axes_name_the_classes(tmp_path, monkeypatch):
+    drawn = []
+    save = plots._save_png
+    monkeypatch.setattr(plots, "_save_png", lambda figure, path: (drawn.append(figure.axes[0]), save(figure, path)))
+    names = ["cat", "dog", "a rather long class name"]
+    plots.plot_confusion([[5, 1, 0], [0, 4, 2], [1, 0, 7]], tmp_path / "named.png", title="t", labels=names)
+    plots.plot_confusion([[5, 1], [0, 4]], tmp_path / "numbered.png", title="t")
+    named, numbered = ([[label.get_text() for label in ticks()] for ticks in (axes.get_xticklabels,
+                                                                              axes.get_yticklabels)]
+                       for axes in drawn)
+    assert named == [["cat", "dog", "a rather long…"]] * 2   # rows: true class, columns: predicted
+    assert numbered == [["0", "1"]] * 2
+    with Image.open(tmp_path / "named.png") as image:
+        image.verify()
+
+
 def test_torchscript_export_runs_without_the_python_class(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 26 * 26, 10))
     example = torch.randn(3, 1, 28, 28)
