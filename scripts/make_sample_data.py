@@ -25,16 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from app.config import KDConfig
 from app.data import TensorData
 from app.model_files import build_model
 from app.profile import parameter_count
 from app.training import evaluate, train_local
-from scripts.devdata.idx import DEFAULT_MNIST, MNIST_FILES, idx_file, read_idx
+from scripts.devdata.idx import DEFAULT_MNIST, read_mnist
 from scripts.devdata.partition import site_indices
 
 REPO = Path(__file__).resolve().parents[1]
+DIGITS = 10
 
 TEACHER_FILE = REPO / "models" / "mnist_cnn_teacher.py"
 STUDENT_FILE = REPO / "models" / "mnist_cnn_student.py"
@@ -120,14 +122,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    files = {stem: idx_file(args.mnist_dir, stem) for stem in MNIST_FILES}
-    missing = [f"{stem}[.gz]" for stem, path in files.items() if path is None]
-    if missing:
-        print(f"error: MNIST files not found in {args.mnist_dir}: {', '.join(missing)}. Pass --mnist-dir with "
-              "the folder holding the four MNIST IDX files (gzipped or not).", file=sys.stderr)
+    try:
+        x_train, y_train, x_test, y_test = read_mnist(args.mnist_dir)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    x_train, y_train, x_test, y_test = (read_idx(path) for path in files.values())
-    y_train, y_test = y_train.astype(np.int64), y_test.astype(np.int64)
 
     order = np.random.default_rng(args.seed).permutation(len(y_train))
     teacher_idx, client_pool = order[:args.teacher_samples], order[args.teacher_samples:]
@@ -154,7 +153,7 @@ def main(argv: list[str]) -> int:
         else:
             save_npz(folder / "train.npz", x_train[train_idx], y_train[train_idx])
             save_npz(folder / "test.npz", x_test[test_idx], y_test[test_idx])
-        counts = np.bincount(y_train[train_idx], minlength=10)
+        counts = np.bincount(y_train[train_idx], minlength=DIGITS)
         print(f"c{site + 1}: {len(train_idx)} train, {len(test_idx)} test; train labels per class {counts.tolist()}")
 
     train_teacher(args, x_train[teacher_idx], y_train[teacher_idx], x_test, y_test, generic / "teacher.pt")
@@ -195,13 +194,20 @@ def train_teacher(args: argparse.Namespace, images: np.ndarray, labels: np.ndarr
     teacher = build_model(TEACHER_FILE, {}, "teacher_model")
     train = TensorData(torch.from_numpy(images), torch.from_numpy(labels), name="teacher training set")
     test = TensorData(torch.from_numpy(test_images), torch.from_numpy(test_labels), name="MNIST test set")
-    settings = KDConfig(batch_size=128, learning_rate=1e-3, seed=args.seed)
+    fit_teacher(teacher, train, test, args.teacher_epochs, args.seed, path)
+
+
+def fit_teacher(teacher: nn.Module, train: TensorData, test: TensorData, epochs: int, seed: int, path: Path,
+                batch_size: int = 128, learning_rate: float = 1e-3) -> None:
+    """Train ``teacher`` on ``train`` for ``epochs`` (Adam, cross-entropy), report its accuracy on ``test``
+    after each, and save its weights to ``path``."""
+    settings = KDConfig(batch_size=batch_size, learning_rate=learning_rate, seed=seed)
     started = time.perf_counter()
-    for epoch in range(args.teacher_epochs):
+    for epoch in range(epochs):
         stats = train_local(teacher, train, settings, epochs=1, round_index=epoch, role="teacher")
-        accuracy = evaluate(teacher, test, 10).accuracy
-        print(f"teacher epoch {epoch + 1}/{args.teacher_epochs}: train loss {stats['train_loss']:.4f}, "
-              f"MNIST test accuracy {accuracy:.4f} ({time.perf_counter() - started:.0f}s)")
+        accuracy = evaluate(teacher, test, DIGITS).accuracy
+        print(f"teacher epoch {epoch + 1}/{epochs}: train loss {stats['train_loss']:.4f}, "
+              f"{test.name} accuracy {accuracy:.4f} ({time.perf_counter() - started:.0f}s)")
     # Half precision halves the file; the app loads it into the float32 teacher unchanged in accuracy.
     half = {name: value.half() if value.is_floating_point() else value
             for name, value in teacher.state_dict().items()}

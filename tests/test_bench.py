@@ -1,4 +1,4 @@
-"""Smoke tests of bench.kd_throughput and bench.int8, run as subprocesses with tiny settings.
+"""Smoke tests of bench.kd_throughput, bench.int8 and bench.decode, run as subprocesses with tiny settings.
 
 They check the script's contract (last line, results file, data fallback, clear failure),
 never the size of the measured figures: wall-clock numbers are not asserted anywhere.
@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from scripts.devdata.idx import DEFAULT_MNIST
 
 ROOT = Path(__file__).resolve().parents[1]
 LAST_LINE = re.compile(r"^speedup_vs_seed_loop=(\d+\.\d\d) speedup_amortized=(\d+\.\d\d) kd_vs_plain=(\d+\.\d\d)$")
@@ -89,3 +92,27 @@ def test_int8_bench_names_an_unknown_student():
     done = subprocess.run([sys.executable, "-m", "bench.int8", "--students", "nope.py"], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "no such student in" in done.stderr and "nope.py" in done.stderr
+
+
+@pytest.mark.skipif(not DEFAULT_MNIST.is_dir(), reason=f"no MNIST IDX files in {DEFAULT_MNIST}")
+def test_decode_bench_compares_the_app_with_the_plain_loop_and_measures_a_sites_memory(tmp_path):
+    results = tmp_path / "decode.txt"
+    done = subprocess.run([sys.executable, "-m", "bench.decode", "--images", "64", "--repeats", "1", "--results",
+                           str(results)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    last = re.fullmatch(r"app_vs_plain=(\d+\.\d\d) app_images_per_s=(\d+) memory_above_idle_mb=(-?\d+)", lines[-1])
+    assert last, lines[-1]
+    rows = {line[:3]: line.split() for line in lines if line.startswith(("(a)", "(b)"))}
+    app, plain = (float(rows[key][-3].replace(",", "")) for key in ("(a)", "(b)"))
+    assert round(app) == int(last[2]) and float(last[1]) == pytest.approx(app / plain, abs=0.06)
+    assert "mean absolute difference of (a) and (b): 0.00 of 255" in done.stdout   # the same pixels
+    assert "site loading 64 images at image_size 64:" in done.stdout
+    assert results.read_text() == done.stdout
+
+
+def test_decode_bench_names_the_missing_mnist_folder(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench.decode", "--mnist-dir", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: MNIST files not found in {tmp_path}") and "--mnist-dir" in done.stderr

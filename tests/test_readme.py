@@ -57,3 +57,22 @@ def test_config_table_lists_every_key_with_its_default():
 def test_quick_start_commands_are_the_ones_ci_runs(command):
     assert command in README
     assert command in (REPO / ".ci" / "run").read_text()
+
+
+def test_your_own_photos_config_is_valid_and_its_teacher_and_student_take_its_images(tmp_path):
+    import yaml
+
+    from app.config import parse_config
+    from app.model_files import build_model
+    section = README.split("## Your own photos", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    config = parse_config(yaml.safe_load(block))
+    assert (config.train_dataset, config.test_dataset, config.normalize) == ("train", "test", "imagenet")
+    assert config.image_hw == (160, 160) and config.classes == ["cat", "dog"]
+    # the weights file is a site's download; its keys are the architecture's, the head is new anyway
+    teacher_args = {**config.teacher_args, "pretrained_weights": None}
+    teacher = build_model(REPO / "models" / "torchvision_teacher.py", teacher_args, "teacher_model")
+    student = build_model(REPO / "models" / "gap_cnn_student.py", config.student_args, "student_model")
+    images = torch.rand(2, 3, *config.image_hw)
+    with torch.no_grad():
+        assert teacher.eval()(images).shape == student.eval()(images).shape == (2, len(config.classes))

@@ -42,3 +42,17 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) != expected:
         raise ValueError(f"{path}: truncated or padded IDX file ({len(data)} bytes, expected {expected})")
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def read_mnist(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST from ``folder``: training images, training labels, test images, test labels (labels int64).
+
+    Raises FileNotFoundError naming the missing files and the fix (the builders' --mnist-dir).
+    """
+    files = {stem: idx_file(folder, stem) for stem in MNIST_FILES}
+    missing = [f"{stem}[.gz]" for stem, path in files.items() if path is None]
+    if missing:
+        raise FileNotFoundError(f"MNIST files not found in {folder}: {', '.join(missing)}. Pass --mnist-dir with "
+                                "the folder holding the four MNIST IDX files (gzipped or not).")
+    x_train, y_train, x_test, y_test = (read_idx(path) for path in files.values())
+    return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
