@@ -68,6 +68,17 @@ class Folds:
         return self._first.first_round
 
     @property
+    def next_teacher_round(self) -> int | None:
+        return self._first.next_teacher_round   # every fold trains in the same rounds
+
+    @property
+    def next_round(self) -> int | None:
+        return self._first.next_round
+
+    def share_done(self) -> float:
+        return self._first.share_done()
+
+    @property
     def _first(self) -> Site:
         return next(iter(self.sites.values()))
 
@@ -149,11 +160,11 @@ class Folds:
         self._each(lambda fold, site: site.adopt_normalization(statistics[fold]))
 
     # ----------------------------------------------------------------- rounds
-    def teacher_round(self, round_index: int) -> Any:
-        return self._merge(self._each(lambda fold, site: site.teacher_round(round_index)))
+    def teacher_round(self) -> Any:
+        return self._merge(self._each(lambda fold, site: site.teacher_round()))
 
-    def apply_teacher(self, global_models: dict[str, Models], round_index: int) -> None:
-        self._each(lambda fold, site: site.apply_teacher(global_models[fold], round_index))
+    def apply_teacher(self, global_models: dict[str, Models]) -> None:
+        self._each(lambda fold, site: site.apply_teacher(global_models[fold]))
 
     def prepare_teacher(self) -> Evaluation:
         """Every fold's teacher ready; its evaluation (with folds: mean accuracy and loss over the folds,
@@ -161,16 +172,16 @@ class Folds:
         evaluations = list(self._each(lambda fold, site: site.prepare_teacher()).values())
         return evaluations[0] if not self.cross_validation else _mean_evaluation(evaluations)
 
-    def train_round(self, round_index: int) -> Any:
-        return self._merge(self._each(lambda fold, site: site.train_round(round_index)))
+    def train_round(self) -> Any:
+        return self._merge(self._each(lambda fold, site: site.train_round()))
 
     def aggregate(self, received: Any, sites: int) -> dict[str, Models]:
         """The coordinator's global models of every fold from what the controller delivered."""
         parts = self._split(received, summed=self.wire.smpc)
         return self._each(lambda fold, site: site.aggregate(parts[fold], sites))
 
-    def apply_global(self, global_models: dict[str, Models], round_index: int) -> None:
-        self._each(lambda fold, site: site.apply_global(global_models[fold], round_index))
+    def apply_global(self, global_models: dict[str, Models]) -> None:
+        self._each(lambda fold, site: site.apply_global(global_models[fold]))
 
     def _each(self, step: Callable[[str, Site], Any]) -> dict[str, Any]:
         """``step(fold, site)`` for every fold, in fold order; a user mistake met in one names its fold."""

@@ -128,7 +128,7 @@ def prepare_outputs(site: "Site", exported: dict | None = None) -> dict:
         "student": {**site.evaluations["student"].as_dict(), **student_size},
         "compression": compression(teacher_size, student_size),
         "rounds": site.rounds,
-        "first_round": site.first_round + 1,
+        "first_round": site.first_round,
         "data": {"train_samples": len(site.train), "test_samples": len(site.test),
                  "num_classes": site.num_classes, "sample_shape": list(site.train.sample_shape)},
         "classes": class_names(site),

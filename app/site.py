@@ -9,14 +9,20 @@ between sites:
     site.adopt_plan(plan)                              # every site: same config? same student? decode, dry run
     sums = site.channel_sums()                         # every site, with normalize: federated ...
     site.adopt_normalization(site.pool_channel_sums(received))  # ... the coordinator pools them
-    payload = site.teacher_round(t)                    # every site, per federated teacher round
-    site.apply_teacher(site.aggregate(received, sites), t)  # (only with teacher_rounds > 0)
+    while site.next_teacher_round:                     # (only with teacher_rounds > 0)
+        payload = site.teacher_round()                 # every site
+        site.apply_teacher(site.aggregate(received, sites))  # coordinator aggregates, every site applies
     site.prepare_teacher()                             # every site: local epochs, accuracy, logits cache
-    payload = site.train_round(r)                      # every site, each round
-    global_models = site.aggregate(received, sites)    # coordinator, each round
-    site.apply_global(global_models, r)                # every site: load, evaluate, checkpoint
+    while site.next_round:
+        payload = site.train_round()                   # every site
+        global_models = site.aggregate(received, sites)  # coordinator
+        site.apply_global(global_models)               # every site: load, evaluate, checkpoint
     exported = results.export_student(site)            # every site, at the end: model files (int8 too)
     results.write_outputs(site, federation, exported)  # every site: metrics, report, plots
+
+``app.federation.federate`` runs exactly this for sites in one process; the FeatureCloud
+states run it with the engine carrying the payloads. Rounds are counted from 1 as people
+count them (logs, metrics.json, checkpoints, memos); the site keeps the count.
 
 Models travel as ``{model name: {tensor name: numpy array}}`` ("student", and
 "baseline" when the no-teacher baseline is trained alongside it; "teacher" in
@@ -104,6 +110,9 @@ class Site:
         self.server = ServerOptimizer(config, {name: {key for key, p in model.named_parameters() if p.requires_grad}
                                                - self.local_keys[name] for name, model in self.models.items()})
         self.previous: Models = {}   # the global models this round starts from (same at every site)
+        self.teacher_rounds_done = 0
+        self.rounds_done = 0       # distillation rounds behind the global student, resumed ones included
+        self.resumed_rounds = 0    # of them, those done by the run this one resumes
         self.sources = sources
         # Set by _prepare_data (at load for arrays, by adopt_plan for image folders): the data, the
         # agreed class names (None: integer labels of arrays), channels (None: the arrays' own) and
@@ -124,7 +133,6 @@ class Site:
         self.teacher_evaluation: Evaluation | None = None
         self.evaluations: dict[str, Evaluation] = {}
         self.rounds: list[dict] = []
-        self.first_round = 0
         self.last_stats: dict[str, dict] = {}
         self.started = time.time()
         self.timings = Timings()
@@ -132,6 +140,28 @@ class Site:
     @property
     def student(self) -> torch.nn.Module:
         return self.models["student"]
+
+    @property
+    def next_teacher_round(self) -> int | None:
+        """The number of the federated teacher round to train next; None once all are done."""
+        done = self.teacher_rounds_done
+        return done + 1 if done < self.config.teacher_rounds else None
+
+    @property
+    def next_round(self) -> int | None:
+        """The number of the distillation round to train next; None after the last."""
+        return self.rounds_done + 1 if self.rounds_done < self.config.max_iter else None
+
+    @property
+    def first_round(self) -> int:
+        """The number of the first distillation round this run trains (after the resumed ones)."""
+        return self.resumed_rounds + 1
+
+    def share_done(self) -> float:
+        """How much of this run's rounds (federated teacher rounds, then distillation rounds) is done."""
+        total = self.config.teacher_rounds + self.config.max_iter - self.resumed_rounds
+        done = self.teacher_rounds_done + self.rounds_done - self.resumed_rounds
+        return done / max(total, 1)
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -228,7 +258,7 @@ class Site:
                 "classes": agree_classes(surveys, self.config.classes),
                 "channels": agree_channels(surveys, self.config.channels),
                 "signature": state_signature(self.student),
-                "first_round": start["round"],
+                "resumed_rounds": start["round"],
                 "models": {name: start.get(name) or start["student"] for name in self.models}}
         if self.config.teacher_rounds:   # the federation trains one teacher, from the coordinator's weights
             plan["teacher"] = to_arrays(self.teacher.state_dict())
@@ -302,7 +332,7 @@ class Site:
                 self.log(f"teacher_rounds: the federated teacher starts from the coordinator's weights, "
                          f"not from this site's {self.config.teacher_weights}")
             _load_entries(self.teacher, plan["teacher"])
-        self.first_round = plan["first_round"]
+        self.rounds_done = self.resumed_rounds = plan["resumed_rounds"]
         if self.config.fedbn and self.config.init_student and plan["coordinator"] != self.name:
             self._resume_own_layers()
         self.timings.phase_done("initial")
@@ -401,29 +431,30 @@ class Site:
                      "to resume them")
             return
         own = self._initial_student(path)
-        if own["round"] != self.first_round:
+        if own["round"] != self.resumed_rounds:
             raise FederationError(
                 f"init_student '{path.name}' of site {self.name} holds round {own['round']}, the coordinator's "
-                f"round {self.first_round}. With fedbn every site resumes from its own checkpoint.pt of the "
+                f"round {self.resumed_rounds}. With fedbn every site resumes from its own checkpoint.pt of the "
                 "same interrupted run.")
         for name, model in self.models.items():
             _load_entries(model, own.get(name) or own["student"], only=self.local_keys[name])
 
     # ----------------------------------------------------------------- teacher
-    def teacher_round(self, round_index: int) -> object:
+    def teacher_round(self) -> object:
         """One local pass of federated teacher training on hard labels; the payload to send."""
         teacher = {"teacher": self.teacher}
-        if round_index == 0:
-            self.previous = self._shared(teacher)
+        self._start_round(teacher)
         train_local(self.teacher, self.train, self.config, epochs=self.config.local_epochs,
-                    proximal_mu=self.config.proximal_mu, round_index=round_index, device=self.device, role="teacher")
+                    proximal_mu=self.config.proximal_mu, round_index=self.teacher_rounds_done, device=self.device,
+                    role="teacher")
         return self.wire.encode(self.name, self._shared(teacher), len(self.train), self.previous)
 
-    def apply_teacher(self, global_models: Models, round_index: int) -> None:
+    def apply_teacher(self, global_models: Models) -> None:
         """Load the federated teacher and log its accuracy on this site's test set."""
-        self._load_global({"teacher": self.teacher}, global_models)
+        _load_all({"teacher": self.teacher}, global_models)
+        self.teacher_rounds_done += 1
         accuracy = evaluate(self.teacher, self.test, self.num_classes, self.device).accuracy
-        self.log(f"teacher round {round_index + 1}/{self.config.teacher_rounds}: "
+        self.log(f"teacher round {self.teacher_rounds_done}/{self.config.teacher_rounds}: "
                  f"global teacher test accuracy {accuracy:.4f}")
 
     def prepare_teacher(self) -> Evaluation:
@@ -439,16 +470,16 @@ class Site:
         self.teacher_logits = compute_logits(self.teacher, self.train, self.device)
         self.log(f"teacher: test accuracy {self.teacher_evaluation.accuracy:.4f}; logits of "
                  f"{len(self.train)} training samples cached in {time.perf_counter() - started:.1f}s")
-        self.previous = self._shared(self.models)   # the students' starting point, from the plan
         release_free_memory()
         self.timings.phase_done("teacher")
         return self.teacher_evaluation
 
     # ------------------------------------------------------------------ rounds
-    def train_round(self, round_index: int) -> object:
+    def train_round(self) -> object:
         """Local training from the current global models; the payload to send."""
+        self._start_round(self.models)
         config = self.config
-        local = {"epochs": config.local_epochs, "proximal_mu": config.proximal_mu, "round_index": round_index,
+        local = {"epochs": config.local_epochs, "proximal_mu": config.proximal_mu, "round_index": self.rounds_done,
                  "rounds": config.max_iter, "device": self.device}
         self.last_stats = {"student": train_local(self.student, self.train, config,
                                                   teacher_logits=self.teacher_logits, **local)}
@@ -463,14 +494,15 @@ class Site:
         """The coordinator's global models from what the controller delivered of ``sites`` sites."""
         return self.server.step(self.previous, self.wire.decode(received, self.previous, sites))
 
-    def apply_global(self, global_models: Models, round_index: int) -> None:
+    def apply_global(self, global_models: Models) -> None:
         """Load the global models, evaluate them on this site's test set, record the round, checkpoint."""
-        self._load_global(self.models, global_models)
+        _load_all(self.models, global_models)
+        self.rounds_done += 1
         started = time.perf_counter()
         self.evaluations = {name: evaluate(model, self.test, self.num_classes, self.device)
                             for name, model in self.models.items()}
         self.timings.add("evaluation", time.perf_counter() - started)
-        record = {"round": round_index + 1}
+        record = {"round": self.rounds_done}
         for name, evaluation in self.evaluations.items():
             prefix = "" if name == "student" else f"{name}_"
             record.update({f"{prefix}train_loss": self.last_stats[name]["train_loss"],
@@ -478,12 +510,12 @@ class Site:
                            f"{prefix}accuracy": evaluation.accuracy, f"{prefix}loss": evaluation.loss})
         record["seconds"] = sum(stats["seconds"] for stats in self.last_stats.values())
         self.rounds.append(record)
-        checkpoint.write(self.output_dir, round_index + 1, self.models, self.server.state_dict())
+        checkpoint.write(self.output_dir, self.rounds_done, self.models, self.server.state_dict())
         release_free_memory()
         baseline = f", baseline {record['baseline_accuracy']:.4f}" if "baseline" in self.models else ""
         self.log(f"round {record['round']}/{self.config.max_iter}: train loss {record['train_loss']:.4f}, "
                  f"global student test accuracy {record['accuracy']:.4f}{baseline}")
-        self.timings.round_done(round_index + 1)
+        self.timings.round_done(self.rounds_done)
 
     def summary(self) -> dict:
         """The few numbers the coordinator collects from every site for the federation report."""
@@ -501,10 +533,15 @@ class Site:
                        if key not in self.local_keys[name]}
                 for name, model in models.items()}
 
-    def _load_global(self, models: dict[str, torch.nn.Module], global_models: Models) -> None:
-        for name, model in models.items():
-            _load_entries(model, global_models[name])   # FedBN's local entries are not in it: they stay
-        self.previous = global_models
+    def _start_round(self, models: dict[str, torch.nn.Module]) -> None:
+        """Remember where this round starts, the global models (as loaded into ``models``), which the wire
+        forms that send changes or sums and the server optimizer need (``previous``)."""
+        self.previous = self._shared(models)
+
+
+def _load_all(models: dict[str, torch.nn.Module], global_models: Models) -> None:
+    for name, model in models.items():
+        _load_entries(model, global_models[name])   # FedBN's local entries are not in it: they stay
 
 
 def _load_entries(model: torch.nn.Module, weights: dict, only: set[str] | None = None) -> None:

@@ -32,12 +32,11 @@ import torch
 
 from app.api import distill
 from app.config import TRAINING_KEYS, KDConfig
+from app.federation import federate
 from app.results import chance_margin
 from app.training import evaluate
 from bench.noniid import (SAMPLE, Arrays, as_data, concatenate, generic_settings, load_pool, load_sites,
                           run_script, split_sites, table, write_site)
-from bench.noniid import federate as federate_in_process
-from bench.noniid import hand_over
 from scripts.devdata.args import positive_int
 from scripts.devdata.idx import DEFAULT_MNIST
 
@@ -137,7 +136,7 @@ class Bench:
         folders = [write_site(workdir / f"site{i + 1}", self.generic, settings, train, test)
                    for i, (train, test) in enumerate(parts)]
         sites = load_sites(folders, workdir / "out")
-        federate_in_process(sites, hand_over)
+        federate(sites)
         coordinator = sites[0]
         return tuple(evaluate(coordinator.models[name], self.common, coordinator.num_classes).accuracy
                      for name in ("student", "baseline"))

@@ -33,6 +33,7 @@ from app.aggregation import flatten, to_arrays
 from app.api import distill
 from app.config import SECTION, TRAINING_KEYS
 from app.data import TensorData
+from app.federation import Controller, federate, hand_over
 from app.model_files import build_model
 from app.weights import load_weights
 from app.site import Site
@@ -49,7 +50,6 @@ SAMPLE = ROOT / "sample_data"
 TEACHER_SEED, TEACHER_IMAGES = 0, 30_000
 
 Arrays = tuple[np.ndarray, np.ndarray]   # images uint8 [N, 28, 28], labels int64 [N]
-Deliver = Callable[[list[object], int], object]   # the controller: the round's payloads → what the coordinator gets
 
 
 @dataclass(frozen=True)
@@ -145,30 +145,11 @@ def load_sites(folders: list[Path], output_root: Path) -> list[Site]:
             for folder in folders]
 
 
-def federate(sites: list[Site], deliver: Deliver) -> None:
-    """The whole federation in one process, the first site coordinating; ``deliver`` plays the
-    controller (plain: hand the payloads over as they are; SMPC: sum them; DP: noise them)."""
-    plan = sites[0].make_plan()
-    for site in sites:
-        site.adopt_plan(plan)
-        site.prepare_teacher()
-    for round_index in range(sites[0].config.max_iter):
-        payloads = [site.train_round(round_index) for site in sites]
-        global_models = sites[0].aggregate(deliver(payloads, round_index), sites=len(sites))
-        for site in sites:
-            site.apply_global(global_models, round_index)
-
-
-def hand_over(payloads: list[object], round_index: int) -> list[object]:
-    """The controller without SMPC or DP: every payload reaches the coordinator unchanged."""
-    return payloads
-
-
 # --------------------------------------------------------------------------- runs
 
 def run_federated(label: list[str], parts: list[tuple[Arrays, Arrays]], settings: dict, generic: Path,
                   workdir: Path, common: TensorData | None = None,
-                  controller: Callable[[list[Site]], Deliver] = lambda sites: hand_over) -> Outcome:
+                  controller: Callable[[list[Site]], Controller] = lambda sites: hand_over) -> Outcome:
     """One federation of sites holding ``parts``; ``controller(sites)`` gives what plays the controller.
     Without a ``common`` test set the common accuracy is that on all the sites' test images."""
     started = time.perf_counter()

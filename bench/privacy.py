@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import math
 import statistics
 import sys
@@ -26,9 +27,10 @@ import torch
 
 from app.aggregation import flatten, to_arrays
 from app.config import DPConfig
+from app.federation import Controller, hand_over
 from app.site import Site
-from bench.noniid import (Arrays, Deliver, Outcome, generic_settings, hand_over, positive_numbers,
-                          read_npz, run_federated, run_script, shown, table)
+from bench.noniid import (Arrays, Outcome, generic_settings, positive_numbers, read_npz, run_federated, run_script,
+                          shown, table)
 from scripts.devdata.args import positive_int
 from testbed.privacy import dp_noise, gauss_sigma, smpc_sum
 
@@ -49,18 +51,18 @@ class ChangeMeter:
     l1: list[float] = field(default_factory=list)
     size: int = 0
 
-    def watch(self, sites: list[Site]) -> Deliver:
+    def watch(self, sites: list[Site]) -> Controller:
         self.sites = sites
         return self.deliver
 
-    def deliver(self, payloads: list[dict], round_index: int) -> list[dict]:
+    def deliver(self, payloads: list[dict], memo: str) -> list[dict]:
         start = flatten(self.sites[0].previous, floats_only=True)   # this round's global model
         for payload in payloads:
             change = flatten(payload["models"], floats_only=True) - start
             self.l2.append(float(np.linalg.norm(change)))
             self.l1.append(float(np.linalg.norm(change, ord=1)))
             self.size = change.size
-        return hand_over(payloads, round_index)
+        return hand_over(payloads, memo)
 
 
 def controller_dp(dp: DPConfig) -> dict:
@@ -69,12 +71,18 @@ def controller_dp(dp: DPConfig) -> dict:
             "delta": dp.delta if dp.noise == "gauss" else 0.0, "sensitivity": None, "clippingVal": dp.clipping}
 
 
-def noising(sites: list[Site], seed: int) -> Deliver:
-    """The controller of a DP run: every site's payload clipped and noised, the coordinator's too."""
+def noising(sites: list[Site], seed: int) -> Controller:
+    """The controller of a DP run: every site's payload clipped and noised, the coordinator's too (not the
+    channel sums of ``normalize: federated``, as the states send them); the noise depends on the seed, the
+    site and the exchange's position in the run."""
     config = controller_dp(sites[0].config.dp)
+    exchanges = itertools.count()
 
-    def deliver(payloads: list[object], round_index: int) -> list[object]:
-        return [dp_noise(payload, config, np.random.default_rng([seed, index, round_index]))
+    def deliver(payloads: list[object], memo: str) -> list[object]:
+        if memo == "norm":
+            return payloads
+        exchange = next(exchanges)
+        return [dp_noise(payload, config, np.random.default_rng([seed, index, exchange]))
                 for index, payload in enumerate(payloads)]
     return deliver
 
@@ -88,11 +96,11 @@ class SecureSum:
     error: float = 0.0   # the largest difference over all rounds and weights
     sites: list[Site] = field(default_factory=list)
 
-    def watch(self, sites: list[Site]) -> Deliver:
+    def watch(self, sites: list[Site]) -> Controller:
         self.exponent, self.sites = sites[0].wire.controller_exponent, sites
         return self.deliver
 
-    def deliver(self, payloads: list[list[int]], round_index: int) -> list[float]:
+    def deliver(self, payloads: list[list[int]], memo: str) -> list[float]:
         # The sites send their [n·weights..., n] in fixed point already; the exact sum comes from their models.
         total = smpc_sum(payloads, self.exponent)
         exact = np.sum([np.append(flatten({name: to_arrays(model.state_dict()) for name, model in site.models.items()})
@@ -102,11 +110,11 @@ class SecureSum:
         return total
 
 
-def jittered(scale: float, seed: int) -> Callable[[list[Site]], Deliver]:
+def jittered(scale: float, seed: int) -> Callable[[list[Site]], Controller]:
     """Plain FedAvg whose first-round payloads have every float weight moved by N(0, scale²): a control
     of how far two runs drift apart from a difference as small as SMPC's rounding."""
-    def deliver(payloads: list[dict], round_index: int) -> list[dict]:
-        if round_index:
+    def deliver(payloads: list[dict], memo: str) -> list[dict]:
+        if memo != "r1":
             return payloads
         rng = np.random.default_rng(seed)
         return [{**payload, "models": {name: {key: value + rng.normal(0, scale, value.shape).astype(value.dtype)
@@ -150,7 +158,7 @@ class Federation:
         return cls([f.name for f in folders], [(read_npz(f / "train.npz"), read_npz(f / "test.npz")) for f in folders],
                    sample_dir / "generic", settings)
 
-    def run(self, label: list[str], overrides: dict, controller: Callable[[list[Site]], Deliver],
+    def run(self, label: list[str], overrides: dict, controller: Callable[[list[Site]], Controller],
             workdir: Path) -> Outcome:
         outcome = run_federated(label, self.parts, {**self.settings, **overrides}, self.generic, workdir,
                                 controller=controller)

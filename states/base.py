@@ -69,11 +69,9 @@ class KDState(AppState):
         """This site: its folds (one, the site itself, unless cross-validation folds are used)."""
         return self.load("site")
 
-    def progress(self, message: str, done_steps: float, **page: object) -> None:
-        """Report ``message`` and the share of the run's steps (teacher rounds + rounds) done."""
-        site = self.site
-        steps = site.config.teacher_rounds + site.config.max_iter - site.first_round
-        self.report(message, SETUP_SHARE + (1 - SETUP_SHARE - RESULTS_SHARE) * done_steps / max(steps, 1),
+    def progress(self, message: str, **page: object) -> None:
+        """Report ``message`` and the share of the run's rounds (teacher rounds + rounds) done."""
+        self.report(message, SETUP_SHARE + (1 - SETUP_SHARE - RESULTS_SHARE) * self.site.share_done(),
                     measured=True, **page)
 
     def report(self, message: str, fraction: float, measured: bool = False, **page: object) -> None:

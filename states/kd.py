@@ -39,7 +39,6 @@ class InitialState(KDState):
         if site.needs_channel_sums():   # secure-summed under use_smpc; never noised: they are no update
             site.adopt_normalization(self.exchange(site.channel_sums(), memo="norm",
                                                    combine=site.pool_channel_sums, noised=False))
-        self.store("teacher_round", 0)
         return "teacher"
 
 
@@ -52,15 +51,14 @@ class TeacherState(KDState):
         self.register_transition("distill", Role.BOTH)
 
     def step(self) -> str:
-        site, done = self.site, self.load("teacher_round")
-        if done < site.config.teacher_rounds:
-            self.progress(f"teacher round {done + 1}/{site.config.teacher_rounds}", done)
-            site.apply_teacher(self.exchange(site.teacher_round(done), memo=f"t{done + 1}"), done)
-            self.store("teacher_round", done + 1)
+        site = self.site
+        number = site.next_teacher_round
+        if number:
+            self.progress(f"teacher round {number}/{site.config.teacher_rounds}")
+            site.apply_teacher(self.exchange(site.teacher_round(), memo=f"t{number}"))
             return "teacher"
-        self.progress("preparing teacher", done)
+        self.progress("preparing teacher")
         BOARD.publish(teacher=site.prepare_teacher().as_dict())
-        self.store("round", site.first_round)
         return "distill"
 
 
@@ -73,16 +71,14 @@ class DistillState(KDState):
         self.register_transition("write_results", Role.BOTH)
 
     def step(self) -> str:
-        site, index = self.site, self.load("round")
-        rounds = site.config.max_iter
-        done = site.config.teacher_rounds + index - site.first_round
-        self.progress(f"round {index + 1}/{rounds} distilling", done, round=index + 1)
-        site.apply_global(self.exchange(site.train_round(index), memo=f"r{index + 1}"), index)
+        site = self.site
+        number = site.next_round
+        self.progress(f"round {number}/{site.config.max_iter} distilling", round=number)
+        site.apply_global(self.exchange(site.train_round(), memo=f"r{number}"))
         BOARD.publish(rounds=site.rounds)
         if self.is_coordinator:
             self.publish_federation(self.load("summaries"))
-        self.store("round", index + 1)
-        return "distill" if index + 1 < rounds else "write_results"
+        return "distill" if site.next_round else "write_results"
 
 
 @app_state("write_results", Role.BOTH)

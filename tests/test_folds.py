@@ -138,7 +138,7 @@ def test_a_folds_teacher_trains_on_that_folds_training_files_only(tmp_path):
         site.teacher.register_forward_pre_hook(
             lambda module, inputs, fold=fold: seen[fold].update(image_digests(inputs[0])) if module.training else None)
     folds.adopt_plan(folds.make_plan())
-    folds.apply_teacher(folds.aggregate([folds.teacher_round(0)], sites=1), 0)
+    folds.apply_teacher(folds.aggregate([folds.teacher_round()], sites=1))
     folds.prepare_teacher()
     assert len({id(site.teacher) for site in folds.sites.values()}) == len(FOLDS)
     for fold, site in folds.sites.items():
@@ -199,10 +199,10 @@ def test_each_fold_gets_its_own_part_of_the_message_back(tmp_path, wire):
     folds = Folds.load(folder, tmp_path / "out", "site1", log=lambda message: None)
     folds.adopt_plan(folds.make_plan())
     folds.prepare_teacher()
-    payload = folds.train_round(0)
+    payload = folds.train_round()
     trained = {fold: {key: value.clone() for key, value in site.student.state_dict().items()}
                for fold, site in folds.sites.items()}
-    folds.apply_global(folds.aggregate(payload if wire.get("use_smpc") else [payload], sites=1), 0)
+    folds.apply_global(folds.aggregate(payload if wire.get("use_smpc") else [payload], sites=1))
     for fold, site in folds.sites.items():
         for key, value in site.student.state_dict().items():
             if value.is_floating_point() or "dp" not in wire:   # under DP counters keep their global value

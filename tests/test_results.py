@@ -1,6 +1,10 @@
-"""A site's final outputs: report.md agrees with metrics.json, plots are images, the ONNX models
-(float and int8), loaded here with onnxruntime, predict like PyTorch."""
-import json
+"""A site's final outputs: metrics.json holds what the saved models really do, report.md and rounds.csv
+show metrics.json's values, plots are images, the ONNX models (float and int8), loaded here with
+onnxruntime, predict like PyTorch.
+
+The expectations are computed here, independently of the app's code: accuracies by running the saved
+models on the test file, report cells by parsing them back into numbers."""
+import csv
 import re
 
 import numpy as np
@@ -12,9 +16,9 @@ from PIL import Image
 
 from app import plots, quantization
 from app.data import load_dataset
+from app.federation import federate
 from app.model_files import build_model
-from app.report import milliseconds, number, percent, points, ratio, size, summary_table, times
-from app.report import render_report
+from app.report import render_report, summary_table
 from app.results import export_student, site_summary, with_accuracy_change, write_outputs
 from app.site import Site
 from tests.conftest import SAMPLE, site_input
@@ -26,14 +30,7 @@ def outputs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("results")
     sites = [Site.load(site_input(tmp / f"in_{c}", source=c, baseline=True, max_iter=2, batch_size=32),
                        tmp / f"out_{c}", c, log=lambda message: None) for c in ("c1", "c2")]
-    plan = sites[0].make_plan()
-    for site in sites:
-        site.adopt_plan(plan)
-        site.prepare_teacher()
-    for round_index in range(2):
-        global_models = sites[0].aggregate([site.train_round(round_index) for site in sites], sites=2)
-        for site in sites:
-            site.apply_global(global_models, round_index)
+    federate(sites)
     exported = [export_student(site) for site in sites]   # as every site does before reporting `done`
     metrics = write_outputs(sites[0], federation=[site_summary(site, made) for site, made in zip(sites, exported)],
                             exported=exported[0])
@@ -62,6 +59,20 @@ def site_test_set(folder):
     return data.float_images(), data.labels
 
 
+def shows(cell: str, value: float) -> bool:
+    """Whether a report cell (``97.50%``, ``9,122``, ``36.53 kB``, ``0.123 ms``, ``98.3×``, ``0.1234``,
+    ``+1.50``) is ``value`` rounded to the digits it shows."""
+    text, scale = cell.strip(), 1.0
+    for suffix, factor in (("%", 0.01), ("×", 1.0), (" ms", 1.0), (" µs", 1e-3), (" GB", 1e9), (" MB", 1e6),
+                           (" kB", 1e3), (" B", 1.0)):
+        if text.endswith(suffix):
+            text, scale = text[:-len(suffix)], factor
+            break
+    text = text.replace(",", "")
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return abs(float(text) * scale - value) <= 0.5 * 10 ** -decimals * scale * (1 + 1e-9)
+
+
 def table(markdown: str, heading: str) -> dict[str, list[str]]:
     """The rows of the first table under ``heading``, keyed by their first cell."""
     section = markdown.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
@@ -69,56 +80,91 @@ def table(markdown: str, heading: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows[2:]}
 
 
-def test_metrics_json_is_what_write_outputs_returned(outputs):
+def test_metrics_json_holds_what_the_saved_student_and_teacher_do_on_the_test_set(outputs, models):
     folder, metrics = outputs
-    assert json.loads((folder / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    student, _ = models
+    images, labels = site_test_set(folder)
+    with torch.no_grad():
+        predicted = student(images).argmax(1).numpy()
+    labels = labels.numpy()
+    assert metrics["student"]["accuracy"] == float((predicted == labels).mean()) > 0.5
+    confusion = np.zeros((10, 10), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    assert metrics["student"]["confusion_matrix"] == confusion.tolist()
+    for name, model_file, weights in (("baseline", "student.py", folder / "baseline_student.pt"),
+                                      ("teacher", "teacher.py", SAMPLE / "generic" / "teacher.pt")):
+        model = build_model(SAMPLE / "generic" / model_file, {}, "student_model")
+        model.load_state_dict({key: value.float() if value.is_floating_point() else value
+                               for key, value in torch.load(weights, weights_only=True).items()})
+        with torch.no_grad():
+            assert metrics[name]["accuracy"] == float((model.eval()(images).argmax(1).numpy() == labels).mean())
+    assert metrics["student"]["parameters"] == sum(p.numel() for p in student.parameters())
+    assert metrics["data"]["test_samples"] == len(labels) == 200
 
 
-def test_report_accuracy_table_equals_metrics(outputs):
+def test_rounds_csv_has_a_row_per_round_with_the_values_of_metrics_json(outputs):
+    folder, metrics = outputs
+    with open(folder / "rounds.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["round"] for row in rows] == ["1", "2"]
+    for row, expected in zip(rows, metrics["rounds"]):
+        for key in ("train_loss", "accuracy", "loss", "baseline_accuracy", "baseline_train_loss"):
+            assert float(row[key]) == expected[key], key
+    assert metrics["rounds"][-1]["accuracy"] == metrics["student"]["accuracy"]
+
+
+def test_report_accuracy_table_shows_metrics(outputs):
     folder, metrics = outputs
     rows = table((folder / "report.md").read_text(), "Accuracy on this site's test set")
     teacher_row = next(value for key, value in rows.items() if key.startswith("teacher"))
-    assert teacher_row == [percent(metrics["teacher"]["accuracy"]), f"{metrics['teacher']['loss']:.4f}"]
-    assert rows["distilled student"] == [percent(metrics["student"]["accuracy"]), f"{metrics['student']['loss']:.4f}"]
-    assert rows["baseline student (no teacher)"][0] == percent(metrics["baseline"]["accuracy"])
+    for cells, model in ((teacher_row, "teacher"), (rows["distilled student"], "student"),
+                         (rows["baseline student (no teacher)"], "baseline")):
+        assert cells[0].endswith("%") and shows(cells[0], metrics[model]["accuracy"]), model
+        assert shows(cells[1], metrics[model]["loss"]), model
 
 
-def test_report_size_and_speed_table_equals_metrics(outputs):
+def test_report_size_and_speed_table_shows_metrics(outputs):
     folder, metrics = outputs
     rows = table((folder / "report.md").read_text(), "Size and speed")
     teacher, student, ratio = metrics["teacher"], metrics["student"], metrics["compression"]
-    assert rows["parameters"] == [number(teacher["parameters"]), number(student["parameters"]),
-                                  times(ratio["parameters_ratio"])]
-    assert rows["size on disk"] == [size(teacher["size_bytes"]), size(student["size_bytes"]),
-                                    times(ratio["size_ratio"])]
-    assert rows["latency, batch of 1"] == [milliseconds(teacher["latency_ms_batch1"]),
-                                           milliseconds(student["latency_ms_batch1"]), times(ratio["speedup_batch1"])]
-    memory = next(value for key, value in rows.items() if key.startswith("peak inference memory"))
-    assert memory == [size(teacher["peak_memory_bytes"]), size(student["peak_memory_bytes"]),
-                      times(ratio["memory_ratio"])]
-    assert teacher["parameters"] / student["parameters"] == pytest.approx(ratio["parameters_ratio"])
+    for label, key, ratio_key in (("parameters", "parameters", "parameters_ratio"),
+                                  ("size on disk", "size_bytes", "size_ratio"),
+                                  ("latency, batch of 1", "latency_ms_batch1", "speedup_batch1"),
+                                  ("latency per image, batch of 256", "latency_ms_per_sample", "speedup_large_batch"),
+                                  ("peak inference memory, batch of 256", "peak_memory_bytes", "memory_ratio")):
+        cells = rows[label]
+        assert shows(cells[0], teacher[key]) and shows(cells[1], student[key]), label
+        assert shows(cells[2], ratio[ratio_key]) and shows(cells[2], teacher[key] / student[key]), label
+    assert rows["parameters"][1] == f"{student['parameters']:,}"   # whole numbers in full
 
 
-def test_report_rounds_and_federation_tables_equal_metrics(outputs):
+def test_report_rounds_and_federation_tables_and_headline_show_metrics(outputs):
     folder, metrics = outputs
     report = (folder / "report.md").read_text()
     rounds = table(report, "Rounds")
+    assert list(rounds) == ["1", "2"]
     for row in metrics["rounds"]:
-        assert rounds[str(row["round"])] == [f"{row['train_loss']:.4f}", percent(row["accuracy"]),
-                                             f"{row['loss']:.4f}", percent(row["baseline_accuracy"])]
+        for cell, key in zip(rounds[str(row["round"])], ("train_loss", "accuracy", "loss", "baseline_accuracy")):
+            assert shows(cell, row[key]), (row["round"], key)
     federation = table(report, "Federation")
-    for site in metrics["federation"]["sites"]:
-        assert federation[site["site"]][:4] == [number(site["test_samples"]), percent(site["teacher_accuracy"]),
-                                                percent(site["student_accuracy"]), percent(site["baseline_accuracy"])]
-    assert federation["**all sites (weighted)**"][2] == percent(metrics["federation"]["student_accuracy"])
+    assert set(federation) == {"c1", "c2", "**all sites (weighted)**"}
+    sites = {site["site"]: site for site in metrics["federation"]["sites"]}
+    for name, site in sites.items():
+        cells = federation[name]
+        assert cells[0] == str(site["test_samples"])
+        for cell, key in zip(cells[1:4], ("teacher_accuracy", "student_accuracy", "baseline_accuracy")):
+            assert shows(cell, site[key]), (name, key)
+    weighted = sum(site["student_accuracy"] * site["test_samples"] for site in sites.values()) / 400
+    assert metrics["federation"]["student_accuracy"] == pytest.approx(weighted)
+    assert shows(federation["**all sites (weighted)**"][2], weighted)
+
     headline = report.split("\n\n")[1]
-    assert f"**{percent(metrics['student']['accuracy'])}**" in headline
-    assert f"distillation gains {100 * metrics['distillation_gain']:+.2f} points" in headline
-    noise = metrics["distillation_gain_noise"]
     student, baseline = metrics["student"]["accuracy"], metrics["baseline"]["accuracy"]
-    variance = (student * (1 - student) + baseline * (1 - baseline)) / metrics["data"]["test_samples"]
-    assert noise == pytest.approx(2 * variance ** 0.5)
-    assert f"±{100 * noise:.2f} points" in headline
+    assert shows(re.search(r"reaches \*\*([\d.]+%)\*\*", headline).group(1), student)
+    assert shows(re.search(r"distillation gains ([+-][\d.]+) points", headline).group(1), 100 * (student - baseline))
+    noise = 2 * ((student * (1 - student) + baseline * (1 - baseline)) / 200) ** 0.5
+    assert metrics["distillation_gain_noise"] == pytest.approx(noise)
+    assert shows(re.search(r"±([\d.]+) points", headline).group(1), 100 * noise)
 
 
 def test_every_image_the_report_shows_is_a_valid_png(outputs):
@@ -200,14 +246,17 @@ def test_report_int8_section_and_federation_column_equal_metrics(outputs):
     int8, float_onnx = metrics["int8"], metrics["int8"]["float_onnx"]
     rows = table(report, "int8 student")
     change, noise = int8["accuracy_change"], int8["accuracy_change_noise"]
-    assert rows["test accuracy"] == [percent(float_onnx["accuracy"]), percent(int8["accuracy"]),
-                                     f"{points(change)} (chance: ±{100 * noise:.2f})"]
-    assert rows["size on disk"] == [size(float_onnx["size_bytes"]), size(int8["size_bytes"]),
-                                    f"{ratio(int8['size_bytes'] / float_onnx['size_bytes'])} the size"]
-    assert rows["latency, batch of 1"][:2] == [milliseconds(float_onnx["latency_ms_batch1"]),
-                                               milliseconds(int8["latency_ms_batch1"])]
-    assert rows["latency per image, batch of 256"][:2] == [milliseconds(float_onnx["latency_ms_per_sample"]),
-                                                           milliseconds(int8["latency_ms_per_sample"])]
+    cells = rows["test accuracy"]
+    assert shows(cells[0], float_onnx["accuracy"]) and shows(cells[1], int8["accuracy"])
+    shown_change, shown_noise = re.fullmatch(r"([+-][\d.]+) points \(chance: ±([\d.]+)\)", cells[2]).groups()
+    assert shows(shown_change, 100 * change) and shows(shown_noise, 100 * noise)
+    cells = rows["size on disk"]
+    assert shows(cells[0], float_onnx["size_bytes"]) and shows(cells[1], int8["size_bytes"])
+    assert cells[2].endswith(" the size") and shows(cells[2][:-len(" the size")],
+                                                    int8["size_bytes"] / float_onnx["size_bytes"])
+    for label, key in (("latency, batch of 1", "latency_ms_batch1"),
+                       ("latency per image, batch of 256", "latency_ms_per_sample")):
+        assert shows(rows[label][0], float_onnx[key]) and shows(rows[label][1], int8[key]), label
     assert noise == pytest.approx(
         2 * ((int8["accuracy"] * (1 - int8["accuracy"]) + float_onnx["accuracy"] * (1 - float_onnx["accuracy"]))
              / 200) ** 0.5)
@@ -216,13 +265,13 @@ def test_report_int8_section_and_federation_column_equal_metrics(outputs):
     federation = table(report, "Federation")
     for site in metrics["federation"]["sites"]:
         assert site["int8_accuracy"] is not None
-        assert federation[site["site"]][-1] == percent(site["int8_accuracy"])
+        assert shows(federation[site["site"]][-1], site["int8_accuracy"])
     assert metrics["federation"]["sites"][0]["int8_accuracy"] == int8["accuracy"]
-    assert federation["**all sites (weighted)**"][-1] == percent(metrics["federation"]["int8_accuracy"])
+    assert shows(federation["**all sites (weighted)**"][-1], metrics["federation"]["int8_accuracy"])
     closing = summary_table({"c1": metrics}).splitlines()
     assert closing[0].split()[:5] == ["site", "teacher", "student", "baseline", "int8"]
-    assert closing[2].split()[4] == percent(int8["accuracy"])
-    assert closing[-2].split()[6] == percent(metrics["federation"]["int8_accuracy"])
+    assert shows(closing[2].split()[4], int8["accuracy"])
+    assert shows(closing[-2].split()[6], metrics["federation"]["int8_accuracy"])
 
 
 @pytest.mark.parametrize("black", [False, True])
@@ -247,10 +296,7 @@ def test_a_single_calibration_image_gives_a_model_and_a_clear_note(outputs, tmp_
 def test_a_run_failing_while_writing_changes_no_earlier_output(tmp_path, monkeypatch):
     site = Site.load(site_input(tmp_path / "in", max_iter=1, batch_size=32), tmp_path / "out", "c1",
                      log=lambda message: None)
-    site.adopt_plan(site.make_plan())
-    site.prepare_teacher()
-    site.apply_global(site.aggregate([site.train_round(0)], sites=1), 0)
-    write_outputs(site, federation=[site.summary()])
+    federate([site], write=True)
     earlier = published(tmp_path / "out")
     with torch.no_grad():
         next(site.student.parameters()).add_(1.0)   # the next run's student differs

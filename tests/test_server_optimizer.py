@@ -10,11 +10,12 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from app.aggregation import flatten
 from app.config import KDConfig
+from app.federation import federate, hand_over
 from app.errors import ConfigError
 from app.server_optimizer import ServerOptimizer
 from app.training import scheduled_lr, train_local
 from testbed.privacy import smpc_sum
-from tests.test_site import federate_locally, load
+from tests.test_site import load, shared_arrays
 from tests.test_training import blobs, net
 
 
@@ -157,16 +158,16 @@ def test_resuming_from_the_coordinators_checkpoint_reproduces_the_uninterrupted_
     settings = {"server_optimizer": "fedadam", "server_learning_rate": 0.01, "lr_schedule": "cosine",
                 "baseline": True, "max_iter": 3}
     whole = sites(tmp_path / "whole", **settings)
-    federate_locally(whole, 3, lambda payloads: payloads)
+    federate(whole)
     part = sites(tmp_path / "part", **settings)
-    federate_locally(part, 2, lambda payloads: payloads)
+    federate(part, stop_after=2)
     for site in ("c1", "c2"):
         shutil.copy(tmp_path / "part" / f"out_{site}" / "unfinished" / "checkpoint.pt",
                     tmp_path / f"{site}.pt")
     rest = [load(tmp_path / "rest", f"c{i}", f"c{i}", n_train=300, init_student="resume.pt", **settings)
             for i in (1, 2)]
     shutil.copy(tmp_path / "c1.pt", rest[0].input_dir / "resume.pt")   # the coordinator's own checkpoint
-    federate_locally(rest, 3, lambda payloads: payloads)
+    federate(rest)
     assert [row["round"] for row in rest[0].rounds] == [3]
     for name in ("student", "baseline"):
         expected = whole[0].models[name].state_dict()
@@ -183,13 +184,15 @@ def test_resuming_from_the_coordinators_checkpoint_reproduces_the_uninterrupted_
 def test_the_server_optimizer_gets_the_same_mean_in_the_clear_from_the_secure_sum_and_under_dp(tmp_path):
     """Equal sample counts, so FedAvg's weights equal DP's; no noise here (the test-bed's is tested there)."""
     server = {"server_optimizer": "fedavgm", "server_momentum": 0.9, "max_iter": 2}
-    runs = {"plain": federate_locally(sites(tmp_path / "plain", **server), 2, lambda payloads: payloads),
-            "smpc": federate_locally(sites(tmp_path / "smpc", use_smpc=True, **server), 2,
-                                     lambda payloads: smpc_sum(payloads, exponent=8)),
-            "dp": federate_locally(sites(tmp_path / "dp", dp={"epsilon": 1.0, "clipping": 1.0}, **server), 2,
-                                   lambda payloads: payloads)}
-    fedavg = federate_locally(sites(tmp_path / "fedavg", max_iter=2), 2, lambda payloads: payloads)
-    plain = flatten(runs["plain"][-1], floats_only=True)
+
+    def global_student(federation, controller=hand_over):
+        federate(federation, controller)
+        return flatten({"student": shared_arrays(federation[0])}, floats_only=True)
+    runs = {"plain": global_student(sites(tmp_path / "plain", **server)),
+            "smpc": global_student(sites(tmp_path / "smpc", use_smpc=True, **server),
+                                   lambda payloads, memo: smpc_sum(payloads, exponent=8)),
+            "dp": global_student(sites(tmp_path / "dp", dp={"epsilon": 1.0, "clipping": 1.0}, **server))}
+    fedavg = global_student(sites(tmp_path / "fedavg", max_iter=2))
     for wire in ("smpc", "dp"):
-        np.testing.assert_allclose(flatten(runs[wire][-1], floats_only=True), plain, rtol=0, atol=1e-5)
-    assert np.abs(flatten(fedavg[-1], floats_only=True) - plain).max() > 1e-3   # momentum made a difference
+        np.testing.assert_allclose(runs[wire], runs["plain"], rtol=0, atol=1e-5)
+    assert np.abs(fedavg - runs["plain"]).max() > 1e-3   # momentum made a difference

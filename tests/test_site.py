@@ -8,7 +8,7 @@ import torch
 
 from app.aggregation import batchnorm_keys, flatten
 from app.errors import ConfigError, DataError, FederationError
-from app.results import write_outputs
+from app.federation import federate
 from app.site import Site
 from testbed.privacy import smpc_sum
 from tests.conftest import site_input
@@ -21,31 +21,24 @@ def load(tmp_path, name="c1", source="c1", n_train=600, **overrides):
 
 def test_two_sites_agree_train_aggregate_and_write_every_output(tmp_path):
     sites = [load(tmp_path, "c1", "c1", max_iter=2), load(tmp_path, "c2", "c2", max_iter=2)]
-    plan = sites[0].make_plan()
-    for site in sites:
-        site.adopt_plan(plan)
-        assert site.prepare_teacher().accuracy > 0.9
-    initial = sites[1].student.state_dict()
-    assert not (tmp_path / "out_c1" / "unfinished").exists()
-    assert all(torch.equal(initial[k], v) for k, v in sites[0].student.state_dict().items())
-    for round_index in range(2):
-        payloads = [site.train_round(round_index) for site in sites]
-        global_weights = sites[0].aggregate(payloads, sites=2)
-        for site in sites:
-            site.apply_global(global_weights, round_index)
+    federate(sites, write=True)
+    assert all(site.teacher_evaluation.accuracy > 0.9 for site in sites)
     assert [r["round"] for r in sites[0].rounds] == [1, 2]
-    metrics = write_outputs(sites[0], federation=[site.summary() for site in sites])
     out = tmp_path / "out_c1"
     for name in ["student.pt", "student_torchscript.pt", "student.onnx", "metrics.json", "rounds.csv",
                  "accuracy.png", "loss.png", "confusion_matrix.png", "federation_accuracy.png", "report.md",
                  "config.yml", "log.txt", "checkpoint.pt"]:
         assert (out / name).stat().st_size > 0, name
     written = json.loads((out / "metrics.json").read_text())
-    assert written["student"]["accuracy"] == metrics["student"]["accuracy"] > 0.5
+    assert written["student"]["accuracy"] == sites[0].evaluations["student"].accuracy > 0.5
     assert written["compression"]["parameters_ratio"] > 10
     assert written["federation"]["test_samples"] == 400
     weights = torch.load(out / "student.pt", weights_only=True)
     assert all(torch.equal(weights[k], v) for k, v in sites[1].student.state_dict().items())
+    participant = tmp_path / "out_c2"   # the same student; the federation's view is the coordinator's alone
+    assert (participant / "student.pt").read_bytes() == (out / "student.pt").read_bytes()
+    assert "federation" not in json.loads((participant / "metrics.json").read_text())
+    assert not (participant / "federation_accuracy.png").exists()
 
 
 def test_teacher_runs_only_to_cache_its_logits_and_evaluate(tmp_path):
@@ -55,8 +48,8 @@ def test_teacher_runs_only_to_cache_its_logits_and_evaluate(tmp_path):
     site.teacher.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
     site.prepare_teacher()
     assert sum(calls) == len(site.train) + len(site.test)
-    for round_index in range(3):
-        site.apply_global(site.aggregate([site.train_round(round_index)], sites=1), round_index)
+    while site.next_round:
+        site.apply_global(site.aggregate([site.train_round()], sites=1))
     assert sum(calls) == len(site.train) + len(site.test)   # no teacher call during the rounds
 
 
@@ -67,10 +60,17 @@ def test_participant_with_different_rounds_is_told_which_key(tmp_path):
         participant.adopt_plan(coordinator.make_plan())
 
 
-def test_site_specific_file_names_may_differ(tmp_path):
+def test_site_specific_file_names_may_differ_and_the_plan_gives_every_site_the_same_start(tmp_path):
     coordinator = load(tmp_path, "c1")
-    participant = load(tmp_path, "c2", device="cpu")
+    folder = site_input(tmp_path / "in_c2", source="c2", train_dataset="mine.npz", device="cpu")
+    (folder / "train.npz").rename(folder / "mine.npz")
+    participant = Site.load(folder, tmp_path / "out_c2", "c2", log=lambda message: None)
+    with torch.no_grad():
+        next(participant.student.parameters()).add_(1.0)   # as if it had started elsewhere
     participant.adopt_plan(coordinator.make_plan())
+    assert (participant.config.train_dataset, participant.config.device) == ("mine.npz", "cpu")
+    start = coordinator.student.state_dict()
+    assert all(torch.equal(value, start[key]) for key, value in participant.student.state_dict().items())
 
 
 def test_different_student_architecture_is_named(tmp_path):
@@ -82,6 +82,20 @@ def test_different_student_architecture_is_named(tmp_path):
     with pytest.raises(FederationError, match="site c2's student \\(student.py\\) differs from the "
                                               "coordinator's: 'body.0.weight' has shape \\[12, 1, 3, 3\\] here"):
         participant.adopt_plan(coordinator.make_plan())
+
+
+def test_the_baseline_learns_without_the_teacher(tmp_path):
+    """Another teacher changes the distilled student, never the baseline trained beside it."""
+    runs = {run: load(tmp_path / run, n_train=300, baseline=True, max_iter=1) for run in ("teacher", "other")}
+    with torch.no_grad():
+        for parameter in runs["other"].teacher.parameters():
+            parameter.mul_(-1.0)
+    for site in runs.values():
+        federate([site])
+    students, baselines = ({run: site.models[name].state_dict() for run, site in runs.items()}
+                           for name in ("student", "baseline"))
+    assert any(not torch.equal(value, students["other"][key]) for key, value in students["teacher"].items())
+    assert all(torch.equal(value, baselines["other"][key]) for key, value in baselines["teacher"].items())
 
 
 def test_missing_teacher_weights_is_a_config_error(tmp_path):
@@ -112,56 +126,50 @@ def test_links_in_the_input_folder_are_followed_wherever_they_point(tmp_path):
     assert not (elsewhere / "models" / "__pycache__").exists()
 
 
-def federate_locally(sites, rounds, deliver):
-    """Rounds of the whole federation in one process; ``deliver`` plays the controller."""
-    plan = sites[0].make_plan()
-    for site in sites:
-        site.adopt_plan(plan)
-        site.prepare_teacher()
-    aggregates = []
-    for round_index in range(sites[0].first_round, rounds):
-        payloads = [site.train_round(round_index) for site in sites]
-        aggregates.append(sites[0].aggregate(deliver(payloads), sites=len(sites)))
-        for site in sites:
-            site.apply_global(aggregates[-1], round_index)
-    return aggregates
+def shared_arrays(site, model="student"):
+    """The site's ``model`` as it travels (FedBN's local layers aside): the global model after a round."""
+    return site._shared({model: site.models[model]})[model]
 
 
 def test_secure_sum_gives_plain_fedavg_within_the_fixed_point_precision(tmp_path):
-    plain = [load(tmp_path / "plain", f"c{i}", f"c{i}", n_train=300 + 200 * i) for i in (1, 2)]
-    secure = [load(tmp_path / "smpc", f"c{i}", f"c{i}", n_train=300 + 200 * i, use_smpc=True) for i in (1, 2)]
-    expected = federate_locally(plain, 1, lambda payloads: payloads)
+    plain = [load(tmp_path / "plain", f"c{i}", f"c{i}", n_train=300 + 200 * i, max_iter=1) for i in (1, 2)]
+    secure = [load(tmp_path / "smpc", f"c{i}", f"c{i}", n_train=300 + 200 * i, max_iter=1, use_smpc=True)
+              for i in (1, 2)]
+    federate(plain)
     assert secure[0].wire.controller_exponent == 0   # the sites send fixed-point integers already
-    got = federate_locally(secure, 1, lambda payloads: smpc_sum(payloads, secure[0].wire.controller_exponent))
-    for name, value in expected[0]["student"].items():
-        np.testing.assert_allclose(got[0]["student"][name], value, rtol=0, atol=1e-6)
-        assert got[0]["student"][name].dtype == value.dtype
+    federate(secure, lambda payloads, memo: smpc_sum(payloads, secure[0].wire.controller_exponent))
+    expected, got = shared_arrays(plain[0]), shared_arrays(secure[0])
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-6)
+        assert got[name].dtype == value.dtype
 
 
 def test_differential_privacy_sends_the_round_change_and_adds_the_mean_change(tmp_path):
-    sites = [load(tmp_path, f"c{i}", f"c{i}", dp={"epsilon": 1.0, "clipping": 1.0}) for i in (1, 2)]
+    sites = [load(tmp_path, f"c{i}", f"c{i}", max_iter=1, dp={"epsilon": 1.0, "clipping": 1.0}) for i in (1, 2)]
     seen = {}
 
-    def controller(payloads):   # no noise here: the test-bed's noise is tested with the test-bed
-        seen.update(start=flatten(sites[0].previous, floats_only=True), sent=payloads)
+    def controller(payloads, memo):   # no noise here: the test-bed's noise is tested with the test-bed
+        seen.update(memo=memo, start=flatten(sites[0].previous, floats_only=True), sent=payloads)
         return payloads
-    aggregates = federate_locally(sites, 1, controller)
+    federate(sites, controller)
+    assert seen["memo"] == "r1"
     assert all(len(change) == len(seen["start"]) for change in seen["sent"])
     local = [seen["start"] + np.asarray(change) for change in seen["sent"]]
-    np.testing.assert_allclose(flatten(aggregates[0], floats_only=True), np.mean(local, axis=0), atol=1e-6)
+    np.testing.assert_allclose(flatten({"student": shared_arrays(sites[0])}, floats_only=True),
+                               np.mean(local, axis=0), atol=1e-6)
 
 
 def test_fedbn_resumes_every_site_from_its_own_checkpoint(tmp_path):
     def sites(run, **overrides):
         return [load(tmp_path / run, f"c{i}", f"c{i}", fedbn=True, max_iter=3, **overrides) for i in (1, 2)]
     whole = sites("whole")
-    federate_locally(whole, 3, lambda payloads: payloads)
-    federate_locally(sites("part"), 2, lambda payloads: payloads)
+    federate(whole)
+    federate(sites("part"), stop_after=2)
     for i in (1, 2):   # each site's own checkpoint goes into its own input folder
         shutil.copy(tmp_path / "part" / f"out_c{i}" / "unfinished" / "checkpoint.pt",
                     site_input(tmp_path / "rest" / f"in_c{i}", source=f"c{i}") / "resume.pt")
     rest = sites("rest", init_student="resume.pt")
-    federate_locally(rest, 3, lambda payloads: payloads)
+    federate(rest)
     assert [row["round"] for row in rest[1].rounds] == [3]
     for resumed, uninterrupted in zip(rest, whole):
         expected = uninterrupted.student.state_dict()
@@ -171,7 +179,7 @@ def test_fedbn_resumes_every_site_from_its_own_checkpoint(tmp_path):
 
 def test_a_site_resuming_fedbn_from_another_round_is_stopped(tmp_path):
     part = [load(tmp_path / "part", f"c{i}", f"c{i}", fedbn=True, max_iter=3) for i in (1, 2)]
-    federate_locally(part, 2, lambda payloads: payloads)
+    federate(part, stop_after=2)
     for i, run_round in ((1, 2), (2, 1)):   # site 2 was given its checkpoint of round 1
         source = tmp_path / "part" / f"out_c{i}" / "unfinished" / "checkpoint.pt"
         saved = torch.load(source, weights_only=True)
@@ -210,8 +218,8 @@ def test_a_site_whose_own_teacher_weights_are_replaced_by_the_federations_start_
 
 
 def test_noise_never_leaves_a_negative_running_variance_or_non_finite_outputs(tmp_path):
-    sites = [load(tmp_path, f"c{i}", f"c{i}", dp={"epsilon": 1.0, "clipping": 1.0}) for i in (1, 2)]
-    federate_locally(sites, 1, lambda payloads: [list(np.asarray(change) - 100.0) for change in payloads])
+    sites = [load(tmp_path, f"c{i}", f"c{i}", max_iter=1, dp={"epsilon": 1.0, "clipping": 1.0}) for i in (1, 2)]
+    federate(sites, lambda payloads, memo: [list(np.asarray(change) - 100.0) for change in payloads])
     state = sites[0].student.state_dict()
     variances = [key for key in state if key.endswith("running_var")]
     assert variances and all(bool((state[key] == 0).all()) for key in variances)
@@ -222,8 +230,8 @@ def test_noise_never_leaves_a_negative_running_variance_or_non_finite_outputs(tm
 
 
 def test_fedbn_keeps_batchnorm_local_and_averages_the_rest(tmp_path):
-    sites = [load(tmp_path, f"c{i}", f"c{i}", fedbn=True) for i in (1, 2)]
-    federate_locally(sites, 2, lambda payloads: payloads)
+    sites = [load(tmp_path, f"c{i}", f"c{i}", fedbn=True, max_iter=2) for i in (1, 2)]
+    federate(sites)
     first, second = (site.student.state_dict() for site in sites)
     batchnorm = batchnorm_keys(sites[0].student)
     assert batchnorm and all(key.startswith("body.1.") or key.startswith("body.5.") for key in batchnorm)

@@ -125,7 +125,7 @@ def site(folder: Path, name: str, **settings) -> Site:
 def trained_student(site_: Site) -> dict[str, torch.Tensor]:
     site_.adopt_plan(site_.make_plan())
     site_.prepare_teacher()
-    site_.train_round(0)
+    site_.train_round()
     return site_.student.state_dict()
 
 
