@@ -32,15 +32,17 @@ ENGINE_WAIT_VARIABLES = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_W
 
 def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path | None = None,
           waits_from_environment: bool = False) -> None:
-    """Serve the FeatureCloud API (/api) and the site's live page (/web) until the process ends."""
+    """Serve the FeatureCloud API (/api) and the site's live page (/web) until the process ends; the site's
+    folders are the container's (/mnt/input, /mnt/output) unless given."""
     import threading
 
     from bottle import Bottle
     from FeatureCloud.app.api.http_ctrl import api_server
     import FeatureCloud.app.engine.app as engine
 
-    import states
+    from states import Folders, register_states
     from web.server import ThreadedServer, serialized, web_app
+    from web.status import StatusBoard
 
     for name, seconds in APP_ENGINE_WAITS.items():
         setattr(engine, name, seconds)
@@ -51,15 +53,13 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
     if "KD_NUM_THREADS" in os.environ:
         import torch
         torch.set_num_threads(int(os.environ["KD_NUM_THREADS"]))
-    if input_dir is not None:
-        states.PATHS.input_dir = input_dir
-    if output_dir is not None:
-        states.PATHS.output_dir = output_dir
-
+    container = Folders()
+    board = StatusBoard()   # what this site's /web page shows
+    register_states(engine.app, Folders(input_dir or container.input_dir, output_dir or container.output_dir), board)
     engine.app.register()
     server = Bottle()
     server.mount("/api", serialized(api_server, threading.Lock()))
-    server.mount("/web", web_app(states.BOARD).wsgi)   # also answers /web without the slash
+    server.mount("/web", web_app(board).wsgi)   # also answers /web without the slash
     server.run(server=ThreadedServer(host=host, port=port), quiet=True)
 
 

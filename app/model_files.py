@@ -23,6 +23,7 @@ from pathlib import Path
 from torch import nn
 
 from app.errors import ModelError
+from app.process_wide import exclusive
 
 _import_count = itertools.count(1)
 # Names of modules that model files imported from their own folder (helpers next to them).
@@ -44,8 +45,9 @@ def build_model(path: Path, kwargs: dict, key: str) -> nn.Module:
                          "`class Model(nn.Module)`.")
     # Absolute, but links not followed: the helpers next to a linked-in file are those of its input folder.
     path = Path(os.path.abspath(path))
-    # Model files may import helper modules next to them, at import time or in __init__.
-    with _importable_folder(path.parent):
+    # Model files may import helper modules next to them, at import time or in __init__; sys.path and
+    # sys.modules belong to the process, so sites sharing one take turns.
+    with exclusive(), _importable_folder(path.parent):
         model_class = _model_class(_import_file(path, key, where), where)
         return _instantiate(model_class, kwargs, key, where, path)
 

@@ -9,6 +9,8 @@ always agree with it. It is ``prepare_outputs`` (what needs only this site) then
 the first part while the other sites write theirs.
 The files are written next to the round checkpoint in ``unfinished/`` and published
 together at the very end (``files.publish``): a run failing on the way changes none of an earlier run's files.
+Exporting and both steps take their turn with the other sites of the process
+(``process_wide.exclusive``): profiling, exporting and plotting use process-wide state.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from app import exports, files, plots, quantization
 from app.event_logs import write_events
 from app.config import KDConfig, effective_document, read_document
 from app.memory import release_free_memory
+from app.process_wide import exclusive
 from app.profile import summarize
 from app.report import render_report
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 ONNX_CHECK_SAMPLES = 64
 
 
+@exclusive()
 def export_student(site: "Site") -> dict:
     """The student's model files in ``unfinished/`` (weights, TorchScript, ONNX and, with
     ``quantize``, its int8 version), each with its check: the part of the outputs that
@@ -108,6 +112,7 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     return finish_outputs(site, prepare_outputs(site, exported), federation, publish)
 
 
+@exclusive()
 def prepare_outputs(site: "Site", exported: dict | None = None) -> dict:
     """The outputs that need only this site (measurements, its plots, rounds.csv, config.yml), in
     ``unfinished/``; returns the metrics so far. The coordinator makes these while the other sites
@@ -150,6 +155,7 @@ def prepare_outputs(site: "Site", exported: dict | None = None) -> dict:
     return metrics
 
 
+@exclusive()
 def finish_outputs(site: "Site", metrics: dict, federation: list[dict] | None = None,
                    publish: bool = True) -> dict:
     """Add the federation's results (coordinator), write metrics.json, the TensorBoard events,

@@ -53,6 +53,7 @@ from app.timings import Timings
 from app.model_checks import agreed_classes
 from app.model_files import build_model
 from app.normalization import Normalization
+from app.process_wide import seeded
 from app.server_optimizer import ServerOptimizer
 from app.weights import load_weights, state_signature
 from app.training import Evaluation, compute_logits, evaluate, resolve_device, train_local
@@ -193,12 +194,12 @@ class Site:
                 unknown = sorted(set(source.classes) - set(config.classes))
                 if unknown:
                     raise unknown_folder_error(source, unknown[0], config.classes)
-        torch.manual_seed(config.seed)   # an untrained teacher and the student start alike everywhere
-        if teacher is None:
-            teacher = build_model(path_of("teacher_model"), config.teacher_args, "teacher_model")
-            if config.teacher_weights:
-                load_weights(teacher, path_of("teacher_weights"), "teacher_weights")
-        student = build_model(path_of("student_model"), config.student_args, "student_model")
+        with seeded(config.seed):   # an untrained teacher and the student start alike everywhere
+            if teacher is None:
+                teacher = build_model(path_of("teacher_model"), config.teacher_args, "teacher_model")
+                if config.teacher_weights:
+                    load_weights(teacher, path_of("teacher_weights"), "teacher_weights")
+            student = build_model(path_of("student_model"), config.student_args, "student_model")
         site = cls(name, input_dir, output_dir, config, teacher.to(device), student.to(device), sources, device,
                    log, status)
         site.timings = Timings(start=began)

@@ -6,7 +6,8 @@ passing the teacher itself instead runs it on every batch (the "online" path of
 the original apps: the reference the tests hold the cache to).
 
 Randomness (shuffle order, dropout) is derived from (seed, round, epoch) only,
-so a round trains the same way whether the run was interrupted before it or not.
+so a round trains the same way whether the run was interrupted before it or not,
+and whatever other sites of the same process do (``process_wide.seeded``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from app.config import KDConfig
 from app.data import Data
 from app.errors import ConfigError, TrainingError
 from app.losses import kd_loss
+from app.process_wide import seeded
 
 # Inference batch for caching logits and evaluating. Larger is not faster on the CPU: once a
 # layer's output passes glibc's mmap threshold (32 MiB at most), every batch maps and zeroes
@@ -115,10 +117,17 @@ def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, 
     ``optimizer``: one ``make_optimizer(model, config)`` made earlier, whose state (Adam's moments,
     SGD's momentum) carries over from call to call; by default a fresh one for this call.
     """
+    with seeded(config.seed * 7_919 + round_index):   # dropout & co., reproducible per round
+        return _train(model, data, config, epochs, proximal_mu, teacher_logits, teacher, round_index, rounds, device,
+                      role, optimizer)
+
+
+def _train(model: nn.Module, data: Data, config: KDConfig, epochs: int, proximal_mu: float,
+           teacher_logits: torch.Tensor | None, teacher: nn.Module | None, round_index: int, rounds: int,
+           device: torch.device | str, role: str, optimizer: torch.optim.Optimizer | None) -> dict:
     distilling = teacher_logits is not None or teacher is not None
     if teacher is not None:
         teacher.eval()   # frozen: dropout off, BatchNorm statistics fixed; run under inference_mode
-    torch.manual_seed(config.seed * 7_919 + round_index)   # dropout & co., reproducible per round
     optimizer = optimizer or make_optimizer(model, config)
     # FedProx's anchor: the weights training starts from, i.e. this round's global model.
     anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad] \

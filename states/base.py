@@ -1,5 +1,6 @@
-"""What every state of this app shares: where the site's files are, the site
-object, progress reporting (to the controller and to the site's live page), the
+"""What every state of this app shares: where the site's files are and its live page's
+board (both per app instance: several sites may share one process), the site object,
+progress reporting (to the controller and to the site's live page), the
 update/aggregate/broadcast exchange of a round, and turning user mistakes into one
 readable log line."""
 from __future__ import annotations
@@ -22,16 +23,15 @@ MAX_MESSAGE = 40   # the engine rejects longer status messages
 SETUP_SHARE, RESULTS_SHARE = 0.1, 0.05   # of the progress bar, before the first round and after the last
 
 
-@dataclass
-class Paths:
-    """The site's input and output folders; the container's unless ``main.py serve`` says otherwise."""
+@dataclass(frozen=True)
+class Folders:
+    """One app instance's input and output folders: the container's unless ``main.py serve`` (or
+    whoever registers the states on an engine ``App``) names others."""
 
     input_dir: Path = Path("/mnt/input")
     output_dir: Path = Path("/mnt/output")
 
 
-PATHS = Paths()
-BOARD = StatusBoard()   # what this site's /web page shows; main.py serves it
 # The page's phase while each state runs (write_results ends with "done", published with the report).
 PHASES = {"initial": "checking", "teacher": "teacher", "distill": "round", "write_results": "writing"}
 
@@ -39,29 +39,36 @@ PHASES = {"initial": "checking", "teacher": "teacher", "distill": "round", "writ
 class KDState(AppState):
     """Base state: ``step()`` does the work. A user mistake (KDError) is printed as one
     ``KD-ERROR <json message>`` line, because the engine reports only the exception's class
-    name to the controller; every failure also leaves ``unfinished/error.txt`` in the output."""
+    name to the controller; every failure also leaves ``unfinished/error.txt`` in the output.
+    Every state of an app instance holds that instance's ``folders`` and ``board`` (what its
+    /web page shows)."""
+
+    def __init__(self, folders: Folders, board: StatusBoard) -> None:
+        super().__init__()
+        self.folders = folders
+        self.board = board
 
     def step(self) -> str:
         raise NotImplementedError
 
     def run(self) -> str:
         try:
-            BOARD.publish(state=self.name)
+            self.board.publish(state=self.name)
             target = self.step()
             # The engine enters ``target`` as soon as this returns (our transitions are named after their
             # targets): the page's state follows at once, so the test-bed can tell the engine's placeholder
             # message (the new state's name) from the app's own.
-            BOARD.publish(state=target)
+            self.board.publish(state=target)
             return target
         except KDError as error:
             message = f"site {self.id}: {error}"
             print(f"{ERROR_MARKER} {json.dumps(message)}", flush=True)
-            write_error(PATHS.output_dir, message)
-            BOARD.fail(message)
+            write_error(self.folders.output_dir, message)
+            self.board.fail(message)
             raise
         except Exception as error:
-            write_error(PATHS.output_dir, f"site {self.id}: unexpected failure\n{traceback.format_exc()}")
-            BOARD.fail(f"site {self.id}: unexpected failure: {first_line(error)} (see the site's log)")
+            write_error(self.folders.output_dir, f"site {self.id}: unexpected failure\n{traceback.format_exc()}")
+            self.board.fail(f"site {self.id}: unexpected failure: {first_line(error)} (see the site's log)")
             raise
 
     @property
@@ -78,7 +85,7 @@ class KDState(AppState):
         """Tell the controller and the page; ``page`` holds further fields for the page only."""
         fraction = min(max(fraction, 0.0), 1.0)
         self.update(message=message[:MAX_MESSAGE], progress=fraction, state=State.RUNNING)
-        BOARD.progress(PHASES[self.name], message, fraction, measured=measured, **page)
+        self.board.progress(PHASES[self.name], message, fraction, measured=measured, **page)
 
     def publish_federation(self, summaries: list[dict]) -> None:
         """Coordinator: every site's accuracy per round as far as it is known here (its own up to this
@@ -91,7 +98,7 @@ class KDState(AppState):
             federation["rounds"] = []
             federation["note"] = (f"{len(known)} of {len(self.clients)} sites so far: with secure aggregation or "
                                   "differential privacy the others' accuracy arrives at the end of the run.")
-        BOARD.publish(federation=federation)
+        self.board.publish(federation=federation)
 
     def exchange(self, payload: object, memo: str, combine: Callable[[object, int], object] | None = None,
                  noised: bool = True) -> Any:

@@ -7,17 +7,18 @@ One transition per round, because each costs the engine's TRANSITION_WAIT; the i
 state makes its several exchanges without one. Memos name the phase and round
 (``survey``, ``plan``, ``norm_update``, ``norm_global``, ``t2_update``, ``r3_update``,
 ``r3_global``, ``done``): URL-safe and unique, as the engine requires.
+``register_states`` puts the states on one engine ``App`` with that app's folders and page.
 """
 from __future__ import annotations
 
-from FeatureCloud.app.engine.app import Role, app_state
+from FeatureCloud.app.engine.app import App, Role, app_state
 
 from app.files import REPORT
 from app.folds import Folds
-from states.base import BOARD, PATHS, RESULTS_SHARE, SETUP_SHARE, KDState
+from states.base import RESULTS_SHARE, SETUP_SHARE, Folders, KDState
+from web.status import StatusBoard
 
 
-@app_state("initial", Role.BOTH)
 class InitialState(KDState):
     """Load config, models and data; agree on classes, channels, the run plan, the initial weights
     and, with normalize: federated, the normalization statistics."""
@@ -27,10 +28,10 @@ class InitialState(KDState):
 
     def step(self) -> str:
         self.report("checking config, models, data", 0.0)
-        site = Folds.load(PATHS.input_dir, PATHS.output_dir, self.id, log=self.site_log,
+        site = Folds.load(self.folders.input_dir, self.folders.output_dir, self.id, log=self.site_log,
                           status=lambda message: self.report(message, SETUP_SHARE / 2))
         self.store("site", site)
-        BOARD.publish(site=site.name, coordinator=self.is_coordinator, rounds_total=site.config.max_iter)
+        self.board.publish(site=site.name, coordinator=self.is_coordinator, rounds_total=site.config.max_iter)
         self.configure_privacy()
         self.send_data_to_coordinator(site.survey(), memo="survey")
         if self.is_coordinator:
@@ -42,7 +43,6 @@ class InitialState(KDState):
         return "teacher"
 
 
-@app_state("teacher", Role.BOTH)
 class TeacherState(KDState):
     """Federated teacher rounds (if any), then local teacher epochs, evaluation and the logits cache."""
 
@@ -58,11 +58,10 @@ class TeacherState(KDState):
             site.apply_teacher(self.exchange(site.teacher_round(), memo=f"t{number}"))
             return "teacher"
         self.progress("preparing teacher")
-        BOARD.publish(teacher=site.prepare_teacher().as_dict())
+        self.board.publish(teacher=site.prepare_teacher().as_dict())
         return "distill"
 
 
-@app_state("distill", Role.BOTH)
 class DistillState(KDState):
     """One communication round: local KD epochs, FedAvg at the coordinator, evaluation everywhere."""
 
@@ -75,13 +74,12 @@ class DistillState(KDState):
         number = site.next_round
         self.progress(f"round {number}/{site.config.max_iter} distilling", round=number)
         site.apply_global(self.exchange(site.train_round(), memo=f"r{number}"))
-        BOARD.publish(rounds=site.rounds)
+        self.board.publish(rounds=site.rounds)
         if self.is_coordinator:
             self.publish_federation(self.load("summaries"))
         return "distill" if site.next_round else "write_results"
 
 
-@app_state("write_results", Role.BOTH)
 class WriteResultsState(KDState):
     """Write every site's outputs; the coordinator ends only after every site reported DONE."""
 
@@ -100,5 +98,18 @@ class WriteResultsState(KDState):
             metrics = site.write_outputs(exported=exported)
             self.send_data_to_coordinator(site.done_summary(exported), memo="done")
         self.report("done", 1.0)
-        BOARD.finish(metrics, site.output_dir, REPORT)
+        self.board.finish(metrics, site.output_dir, REPORT)
         return "terminal"
+
+
+STATES = {"initial": InitialState, "teacher": TeacherState, "distill": DistillState,
+          "write_results": WriteResultsState}
+
+
+def register_states(app: App, folders: Folders, board: StatusBoard) -> App:
+    """Put the app's states on ``app`` (the engine's own ``app`` in a container; any ``App`` instance when
+    several sites share one process), each knowing ``folders`` and ``board``. Call ``app.register()``
+    afterwards."""
+    for name, state in STATES.items():
+        app_state(name, Role.BOTH, app, folders=folders, board=board)(state)
+    return app

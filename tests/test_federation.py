@@ -1,5 +1,7 @@
 """The real app end to end: separate client processes on the real FeatureCloud engine,
-driven over HTTP by the local test-bed, on small real MNIST sites."""
+driven over HTTP by the local test-bed, on small real MNIST sites; and several sites in
+one process, as FeatureCloud's own in-process mock controller runs them."""
+import functools
 import io
 import json
 import math
@@ -10,17 +12,25 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
+import FeatureCloud.app.engine.app as engine
 import pytest
 import torch
 import yaml
 
-from testbed.controller import Timeouts, run_federation
+from states import Folders, register_states
+from testbed.client_api import Status
+from testbed.controller import Timeouts, client_env, run_federation
 from testbed.launcher import LocalProcessLauncher
+from testbed.routing import Router
+from testbed.sites import prepare_sites
 from tests.conftest import REPO, SECTION, make_federation
+from web.status import StatusBoard
 
 pytestmark = pytest.mark.slow
 QUICK = {"max_iter": 2, "batch_size": 32}
@@ -237,3 +247,62 @@ def test_the_coordinator_killed_mid_run_ends_the_run_within_seconds_and_the_othe
             os.kill(client.pid, 0)   # no client left behind
     saved = torch.load(tmp_path / "out" / "site2.failed" / "unfinished" / "checkpoint.pt", weights_only=True)
     assert saved["round"] >= 1 and "student" in saved   # the rounds done so far are not lost
+
+
+def engine_status(app: engine.App) -> Status:
+    """What GET /status would answer: the engine gives a dict, or a queued item's status as a JSON string."""
+    value = app.handle_status()
+    value = json.loads(value) if isinstance(value, str) else value
+    return Status(**{key: item for key, item in value.items() if key in Status.__dataclass_fields__})
+
+
+def run_in_one_process(sites, timeout=600.0) -> dict[str, engine.App]:
+    """Every site an engine ``App`` of this process with its own folders, driven through the engine's
+    handle_* calls as FeatureCloud's in-process mock controller (FeatureCloud/app-four, utils.py
+    ``Controller``) drives them, brought up to the memo protocol: one status before each data pull,
+    memos and destinations routed by the test-bed's Router."""
+    apps = {site.id: register_states(engine.App(), Folders(site.input_dir, site.output_dir), StatusBoard())
+            for site in sites}
+    ids = list(apps)
+    router = Router(ids, ids[0], dp_seed=0)
+    # Daemon threads: a site left waiting when the test fails must not keep pytest alive.
+    with mock.patch.object(threading, "Thread", functools.partial(threading.Thread, daemon=True)):
+        for site_id, app in apps.items():
+            app.register()
+            app.handle_setup(site_id, site_id == ids[0], ids, ids[0])
+    finished, deadline = set(), time.monotonic() + timeout
+    while len(finished) < len(apps):
+        for site_id, app in apps.items():
+            status = engine_status(app)
+            assert not status.failed, f"site {site_id} failed with {status.message}"
+            if status.available:
+                for post in router.route(site_id, status, app.handle_outgoing()):
+                    apps[post.recipient].handle_incoming(post.body, post.delivery.sender, post.delivery.memo)
+            elif status.finished:
+                finished.add(site_id)
+        assert time.monotonic() < deadline, "the in-process federation did not finish"
+        time.sleep(0.02)
+    return apps
+
+
+def test_two_sites_in_one_process_end_with_the_student_of_separate_processes(quick_runs, tmp_path, monkeypatch):
+    """Model initialisation (a teacher trained from scratch, the student) and dropout (the teacher's, in the
+    federated teacher rounds) draw from torch's global generator, and the sites' folders are per app
+    instance: two sites sharing a process must not disturb each other."""
+    clients, generic, separate, _ = quick_runs(**FEDERATED_TEACHER)
+    assert separate.ok, separate.message
+    sites = prepare_sites(clients, generic, tmp_path, tmp_path / "work")
+    for name, value in {"TRANSITION_WAIT": 0.05, "TERMINAL_WAIT": 0.1, "DATA_POLL_INTERVAL": 0.02}.items():
+        monkeypatch.setattr(engine, name, value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(client_env(len(sites), None)["KD_NUM_THREADS"]))   # as each separate process has
+    try:
+        apps = run_in_one_process(sites)
+    finally:
+        torch.set_num_threads(threads)
+    teachers = [app.internal["site"].teacher.state_dict() for app in apps.values()]
+    assert all(torch.equal(value, teachers[1][key]) for key, value in teachers[0].items())   # one federated teacher
+    for site in sites:
+        assert json.loads((site.output_dir / "metrics.json").read_text())["site"] == site.id
+        assert (site.output_dir / "student.pt").read_bytes() == \
+            (separate.outputs[site.id] / "student.pt").read_bytes(), site.id
