@@ -63,7 +63,7 @@ class Pool:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One run: the final global student's accuracies, its weights and the run's seconds."""
+    """One run: the final global student's accuracies (and the baseline's), its weights and the run's seconds."""
 
     label: list[str]
     common: float                # on the common test set
@@ -71,6 +71,7 @@ class Outcome:
     seconds: float
     weights: np.ndarray | None   # the final global student, flattened (None for the centralized run)
     finite: bool = True          # whether the final student's test losses were finite (no NaN outputs)
+    baseline: float | None = None   # with baseline: true, the baseline student's common accuracy
 
 
 # --------------------------------------------------------------------------- data
@@ -85,10 +86,10 @@ def load_pool(mnist_dir: Path, sample_dir: Path) -> Pool:
                     (test_images, test_labels.astype(np.int64)),
                     f"real MNIST from {mnist_dir}: the {len(unseen):,} training images the sample teacher did not "
                     f"see; common test set: all {len(test_labels):,} t10k images")
-    folders = sorted(f for f in sample_dir.glob("c*") if (f / "train.npz").is_file() and (f / "test.npz").is_file())
+    folders = sample_sites(sample_dir)
     if not folders:
         raise SystemExit(
-            f"noniid: no MNIST in {mnist_dir} (looked for {', '.join(MNIST_FILES)}, optionally .gz) and no sample "
+            f"no MNIST in {mnist_dir} (looked for {', '.join(MNIST_FILES)}, optionally .gz) and no sample "
             f"sites {sample_dir}/c*/train.npz + test.npz. Pass --mnist-dir with the folder holding the MNIST "
             f"IDX files, or create the sample data with scripts.make_sample_data.")
     train, test = (concatenate([read_npz(f / name) for f in folders]) for name in ("train.npz", "test.npz"))
@@ -96,6 +97,11 @@ def load_pool(mnist_dir: Path, sample_dir: Path) -> Pool:
     return Pool(train, test, f"NO MNIST in {mnist_dir}: falling back to the sample sites {names} in {sample_dir} "
                              f"({len(train[1]):,} training images re-split here; common test set: their "
                              f"{len(test[1]):,} test images)")
+
+
+def sample_sites(sample_dir: Path) -> list[Path]:
+    """The sample federation's site folders: ``c*/`` holding train.npz and test.npz."""
+    return sorted(f for f in sample_dir.glob("c*") if (f / "train.npz").is_file() and (f / "test.npz").is_file())
 
 
 def read_npz(path: Path) -> Arrays:
@@ -157,12 +163,19 @@ def run_federated(label: list[str], parts: list[tuple[Arrays, Arrays]], settings
                for i, (train, test) in enumerate(parts)]
     sites = load_sites(folders, workdir / "out")
     federate(sites, controller(sites))
+    accuracy = {name: _common_accuracy(sites, name, common) for name in sites[0].models}
     evaluations = [site.evaluations["student"] for site in sites]
-    accuracy = evaluate(sites[0].student, common, sites[0].num_classes).accuracy if common is not None \
-        else sum(e.accuracy * e.samples for e in evaluations) / sum(e.samples for e in evaluations)
-    return Outcome(label, accuracy, [e.accuracy for e in evaluations], time.perf_counter() - started,
+    return Outcome(label, accuracy["student"], [e.accuracy for e in evaluations], time.perf_counter() - started,
                    flatten({"student": to_arrays(sites[0].student.state_dict())}),
-                   all(math.isfinite(e.loss) for e in evaluations))
+                   all(math.isfinite(e.loss) for e in evaluations), accuracy.get("baseline"))
+
+
+def _common_accuracy(sites: list[Site], model: str, common: TensorData | None) -> float:
+    """The final global ``model``'s accuracy on ``common``, or on all the sites' test images."""
+    if common is not None:
+        return evaluate(sites[0].models[model], common, sites[0].num_classes).accuracy
+    evaluations = [site.evaluations[model] for site in sites]
+    return sum(e.accuracy * e.samples for e in evaluations) / sum(e.samples for e in evaluations)
 
 
 def run_centralized(label: list[str], parts: list[tuple[Arrays, Arrays]], settings: dict, generic: Path,

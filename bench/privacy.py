@@ -30,7 +30,7 @@ from app.config import DPConfig
 from app.federation import Controller, hand_over
 from app.site import Site
 from bench.noniid import (Arrays, Outcome, generic_settings, positive_numbers, read_npz, run_federated, run_script,
-                          shown, table)
+                          sample_sites, shown, table)
 from scripts.devdata.args import positive_int
 from testbed.privacy import dp_noise, gauss_sigma, smpc_sum
 
@@ -148,7 +148,7 @@ class Federation:
 
     @classmethod
     def load(cls, sample_dir: Path, rounds: int | None) -> "Federation":
-        folders = sorted(f for f in sample_dir.glob("c*") if (f / "train.npz").is_file() and (f / "test.npz").is_file())
+        folders = sample_sites(sample_dir)
         if not folders:
             raise SystemExit(f"privacy: no sample sites {sample_dir}/c*/train.npz + test.npz. Create them with "
                              "scripts.make_sample_data or pass --sample-dir.")

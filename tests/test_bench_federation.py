@@ -112,3 +112,20 @@ def test_convergence_ends_with_its_two_figures(tmp_path, small_samples):
     defaults = rows[1]   # the last line speaks of the 'defaults' rows only
     assert gap == pytest.approx(-float(defaults[5]), abs=0.011)
     assert worst == pytest.approx(float(defaults[6]), abs=0.011)
+
+
+def test_quick_start_table_has_the_baseline_smpc_and_scarce_rows(tmp_path, small_samples):
+    results = tmp_path / "quick_start.txt"
+    done = run_bench("quick_start", "--rounds", "1", "--scarce", "50", "--sample-dir", str(small_samples),
+                     "--mnist-dir", str(tmp_path / "no_mnist"), "--results", str(results))
+    assert results.read_text() == done.stdout
+    assert f"NO MNIST in {tmp_path / 'no_mnist'}: falling back to the sample sites c1, c2" in done.stdout
+    columns, rows = parse_table(done.stdout)
+    assert columns == ["run", "train/site", "distilled", "alone", "gain", "chance", "seconds"]
+    assert [row[:2] for row in rows] == [["sample", "200"], ["sample, use_smpc", "200"], ["50 images per site", "50"]]
+    for row in rows:
+        assert 0 <= float(row[2].rstrip("%")) <= 100, row
+    for row in (rows[0], rows[2]):   # with the baseline: its accuracy, the gain and its chance margin
+        distilled, alone = (float(cell.rstrip("%")) for cell in row[2:4])
+        assert float(row[4]) == pytest.approx(distilled - alone, abs=0.011) and row[5].startswith("±")
+    assert rows[1][3:6] == ["-", "-", "-"]
