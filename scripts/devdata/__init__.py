@@ -1,2 +1,7 @@
-"""What only the sample-data builders (scripts/) and the benchmarks (bench/) use: reading MNIST's
-IDX files, splitting a dataset over sites, shared argument types. The app never imports it."""
+"""What only the sample-data builders (``scripts/``) and the benchmarks (``bench/``) use; the app
+never imports it.
+
+- ``idx.py``: reading MNIST's IDX files (gzipped or not), and where they are looked for
+- ``partition.py``: splitting a dataset over sites, IID or label-skewed (Dirichlet)
+- ``args.py``: command-line argument types
+"""
