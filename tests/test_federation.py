@@ -300,7 +300,9 @@ def test_two_sites_in_one_process_end_with_the_student_of_separate_processes(qui
         apps = run_in_one_process(sites)
     finally:
         torch.set_num_threads(threads)
-    teachers = [app.internal["site"].teacher.state_dict() for app in apps.values()]
+    # Each app's site is its Folds (one fold, the site itself, without cross-validation).
+    teachers = [site.teacher.state_dict() for app in apps.values() for site in app.internal["site"].sites.values()]
+    assert len(teachers) == 2
     assert all(torch.equal(value, teachers[1][key]) for key, value in teachers[0].items())   # one federated teacher
     for site in sites:
         assert json.loads((site.output_dir / "metrics.json").read_text())["site"] == site.id
