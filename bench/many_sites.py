@@ -46,15 +46,17 @@ class RecordingLauncher(LocalProcessLauncher):
     def __init__(self) -> None:
         super().__init__(ROOT / "main.py")
         self.clients: list[LocalClient] = []
+        self.servers: list[int] = []   # kept after close(), which forgets the server
 
     def start(self, spec: ClientSpec) -> LocalClient:
         client = super().start(spec)
         self.clients.append(client)
+        if self._server is not None and self._server.process.pid not in self.servers:
+            self.servers.append(self._server.process.pid)
         return client
 
     def pids(self) -> list[int]:
-        server = [self._server.process.pid] if self._server is not None else []
-        return server + [client.pid for client in self.clients]
+        return self.servers + [client.pid for client in self.clients]
 
 
 def make_sites(folder: Path, sites: int, per_site: int, rounds: int, mnist_dir: Path) -> tuple[Path, list[Path]]:
@@ -94,8 +96,7 @@ def measure(sites: int, per_site: int, rounds: int, mnist_dir: Path) -> tuple[fl
                                     timeouts=PATIENT, out=io.StringIO())
         if not result.ok:
             raise SystemExit(f"many_sites: the federation of {sites} sites failed: {result.message}")
-        server = launcher.pids()[0]
-        clients_private = [value for pid, value in sampler.peaks.private.items() if pid != server]
+        clients_private = [value for pid, value in sampler.peaks.private.items() if pid not in launcher.servers]
         return result.elapsed, sampler.peaks.total_pss, max(clients_private)
 
 
