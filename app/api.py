@@ -20,7 +20,7 @@ from app.config import SECTION, TRAINING_KEYS, parse_config
 from app.data import as_train_and_test, check_compatible
 from app.errors import ConfigError
 from app.model_checks import agreed_classes
-from app.training import compute_logits, evaluate, make_optimizer, resolve_device, train_local
+from app.training import evaluate, make_optimizer, prepare_teaching, resolve_device, train_local
 
 
 @dataclass
@@ -42,8 +42,9 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     tensors or arrays, a torch Dataset, or ``app.data.TensorData``. With ``test`` given, each
     epoch record has the student's test ``accuracy`` and ``loss``. One batch first goes through
     both models, so a model whose outputs do not fit the labels (or each other) is reported before
-    training. The teacher's logits are computed once and reused every epoch; one optimizer runs
-    through all epochs.
+    training. The teacher's logits are computed once and reused every epoch (with ``augment``, once
+    per cached view; with ``teacher_views=0`` the teacher runs on every augmented batch); one
+    optimizer runs through all epochs.
     """
     _check_keys(settings)
     config = parse_config({SECTION: settings}, source="distill()", require_teacher=False)
@@ -57,14 +58,16 @@ def distill(teacher: nn.Module, student: nn.Module, train: Any, test: Any = None
     student.to(run_on)
     classes = agreed_classes(teacher, student, train_data, test_data,
                              (type(teacher).__name__, type(student).__name__), run_on)
-    logits = compute_logits(teacher, train_data, run_on)
+    teaching = prepare_teaching(teacher, train_data, config, run_on)
+    if log is not None:
+        log(f"teacher: {teaching.description}")
     history = History(teacher_accuracy=evaluate(teacher, test_data, classes, run_on).accuracy
                       if test_data is not None else None)
     optimizer = make_optimizer(student, config)   # one optimizer over all epochs, as any training loop has
     for epoch in range(epochs):
-        record = {"epoch": epoch + 1, **train_local(student, train_data, config, epochs=1, teacher_logits=logits,
-                                                    round_index=epoch, rounds=epochs, device=run_on,
-                                                    optimizer=optimizer)}
+        record = {"epoch": epoch + 1, **train_local(student, train_data, config, epochs=1, **teaching.targets(),
+                                                    views=teaching.views, round_index=epoch, rounds=epochs,
+                                                    device=run_on, optimizer=optimizer)}
         if test_data is not None:
             result = evaluate(student, test_data, classes, run_on)
             record.update(accuracy=result.accuracy, loss=result.loss)

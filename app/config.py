@@ -16,6 +16,7 @@ import yaml
 from pydantic import (AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       model_validator)
 
+from app.augment import DEFAULT_TEACHER_VIEWS, OPERATIONS
 from app.errors import ConfigError
 from app.losses import DistillKind
 
@@ -59,9 +60,27 @@ def _image_shape(value: Any) -> Any:
     return sizes
 
 
+def _augment(value: Any) -> Any:
+    """A list of distinct operations; none (or empty) for no augmentation, one name for a list of one."""
+    if value is None or value == "none":
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(name in OPERATIONS for name in names) or len(set(names)) < len(names):
+        raise ValueError("not a list of operations")
+    return names
+
+
+def _augmenting(value: Any) -> bool:
+    try:
+        return bool(_augment(value))
+    except ValueError:
+        return True   # a bad augment is reported as such; its teacher_views default meanwhile
+
+
 Number = Annotated[float, BeforeValidator(_number), AllowInfNan(False)]   # .inf/.nan: never meant
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 ImageShape = Annotated[list[int], BeforeValidator(_image_shape)]
+Operations = Annotated[list[str], BeforeValidator(_augment)]
 
 MAX_IMAGE_SIDE = 4096
 NORMALIZE_MODES = ("none", "imagenet", "federated")
@@ -181,6 +200,11 @@ class KDConfig(BaseModel):
     alpha: Number = _training(0.5, "a number between 0 and 1", ge=0, le=1)
     loss: DistillKind = _training("kl", "one of: " + ", ".join(get_args(DistillKind)))
 
+    augment: Operations = _training([], f"a list of distinct operations from: {', '.join(OPERATIONS)} (or none)")
+    teacher_views: WholeNumber | None = _training(
+        None, f"a whole number of views per training image from 0 (online teaching) to 1000, or empty "
+              f"({DEFAULT_TEACHER_VIEWS} when augment is set)", ge=0, le=1000)
+
     aggregation: Literal["fedavg", "fedprox"] = _field("fedavg", "one of: fedavg, fedprox")
     mu: Number = _field(0.01, "a number ≥ 0 (FedProx's proximal weight)", ge=0)
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = _field(
@@ -220,6 +244,21 @@ class KDConfig(BaseModel):
         if isinstance(self.normalize, dict) and self.channels and len(self.normalize["mean"]) != self.channels:
             raise ValueError(f"normalize: {len(self.normalize['mean'])} means and stds but channels is "
                              f"{self.channels} — give one mean and one std per channel")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_teacher_views(cls, data: Any) -> Any:
+        # Filled in here, so the effective config.yml a run writes shows the number of views it used.
+        if isinstance(data, dict) and data.get("teacher_views") is None and _augmenting(data.get("augment")):
+            return {**data, "teacher_views": DEFAULT_TEACHER_VIEWS}
+        return data
+
+    @model_validator(mode="after")
+    def _views_need_augment(self) -> "KDConfig":
+        if self.teacher_views is not None and not self.augment:
+            raise ValueError(f"teacher_views: {self.teacher_views} — only used with augment, which is not set: set "
+                             f"augment (e.g. augment: [{', '.join(OPERATIONS)}]) or remove teacher_views")
         return self
 
     @model_validator(mode="after")

@@ -56,7 +56,7 @@ from app.normalization import Normalization
 from app.process_wide import seeded
 from app.server_optimizer import ServerOptimizer
 from app.weights import load_weights, state_signature
-from app.training import Evaluation, compute_logits, evaluate, resolve_device, train_local
+from app.training import Evaluation, Teaching, evaluate, prepare_teaching, resolve_device, train_local
 from app.transport import Models, Wire
 
 CONFIG_FILE = "config.yml"
@@ -130,7 +130,7 @@ class Site:
         self._log = log
         self.status = status or (lambda message: None)
         self.log_lines: list[str] = []
-        self.teacher_logits: torch.Tensor | None = None
+        self.teaching: Teaching | None = None   # the students' views and teacher targets, from prepare_teacher
         self.teacher_evaluation: Evaluation | None = None
         self.evaluations: dict[str, Evaluation] = {}
         self.rounds: list[dict] = []
@@ -459,7 +459,8 @@ class Site:
                  f"global teacher test accuracy {accuracy:.4f}")
 
     def prepare_teacher(self) -> Evaluation:
-        """Train the teacher locally if asked, evaluate it, freeze it and cache its training-set logits."""
+        """Train the teacher locally if asked, evaluate it, freeze it and cache its training-set logits
+        (of every cached view with augment)."""
         if self.config.teacher_epochs:
             stats = train_local(self.teacher, self.train, self.config, epochs=self.config.teacher_epochs,
                                 round_index=self.config.teacher_rounds, device=self.device, role="teacher")
@@ -467,10 +468,8 @@ class Site:
                      f"(train loss {stats['train_loss']:.4f}, {stats['seconds']:.1f}s)")
         self.teacher.eval().requires_grad_(False)
         self.teacher_evaluation = evaluate(self.teacher, self.test, self.num_classes, self.device)
-        started = time.perf_counter()
-        self.teacher_logits = compute_logits(self.teacher, self.train, self.device)
-        self.log(f"teacher: test accuracy {self.teacher_evaluation.accuracy:.4f}; logits of "
-                 f"{len(self.train)} training samples cached in {time.perf_counter() - started:.1f}s")
+        self.teaching = prepare_teaching(self.teacher, self.train, self.config, self.device)
+        self.log(f"teacher: test accuracy {self.teacher_evaluation.accuracy:.4f}; {self.teaching.description}")
         release_free_memory()
         self.timings.phase_done("teacher")
         return self.teacher_evaluation
@@ -481,9 +480,10 @@ class Site:
         self._start_round(self.models)
         config = self.config
         local = {"epochs": config.local_epochs, "proximal_mu": config.proximal_mu, "round_index": self.rounds_done,
-                 "rounds": config.max_iter, "device": self.device}
+                 "rounds": config.max_iter, "device": self.device,
+                 "views": self.teaching.views}   # the baseline sees the same views
         self.last_stats = {"student": train_local(self.student, self.train, config,
-                                                  teacher_logits=self.teacher_logits, **local)}
+                                                  **self.teaching.targets(), **local)}
         if "baseline" in self.models:
             self.last_stats["baseline"] = train_local(self.models["baseline"], self.train, config,
                                                       role="baseline student", **local)

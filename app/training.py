@@ -5,6 +5,10 @@ computed once per site (``compute_logits``) and indexed by sample position;
 passing the teacher itself instead runs it on every batch (the "online" path of
 the original apps: the reference the tests hold the cache to).
 
+With augmentation (``app.augment``) the batches are views re-made from the stored images;
+the cache then holds the teacher's logits of every view (``compute_view_logits``), looked
+up by the view's key, or the teacher runs on every freshly drawn view (online teaching).
+
 Randomness (shuffle order, dropout) is derived from (seed, round, epoch) only,
 so a round trains the same way whether the run was interrupted before it or not,
 and whatever other sites of the same process do (``process_wide.seeded``).
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.augment import CachedViews, FreshViews, TrainingViews, training_views
 from app.config import KDConfig
 from app.data import Data
 from app.errors import ConfigError, TrainingError
@@ -101,14 +106,73 @@ def scheduled_lr(config: KDConfig, start: float, end: float) -> float:
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * done))
 
 
+@torch.inference_mode()
+def compute_view_logits(model: nn.Module, data: Data, views: CachedViews, device: torch.device | str = "cpu",
+                        batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits of ``model`` for every cached view of every sample, row i·K + k for view k of sample i:
+    [N·K, classes] on the CPU, float16 (float32 if some logit exceeds float16's range). Each view is
+    re-made exactly as training re-makes it (``views.epoch(k)``)."""
+    model.eval()
+    cached: torch.Tensor | None = None
+    for view in range(views.per_image):
+        remake = views.epoch(view)
+        for indices, images, _ in data.batches(batch_size):
+            keys, images = remake(indices, images.to(device))
+            logits = model(images).float().cpu()
+            if cached is None:
+                cached = torch.empty(len(data) * views.per_image, logits.shape[1], dtype=torch.float16)
+            if cached.dtype == torch.float16 and logits.abs().max() > torch.finfo(torch.float16).max:
+                cached = cached.float()
+            cached[keys] = logits.to(cached.dtype)
+    assert cached is not None   # data is never empty
+    return cached
+
+
+@dataclass(frozen=True)
+class Teaching:
+    """What the students train on and where their teacher targets come from (``prepare_teaching``)."""
+
+    views: TrainingViews | None          # None: the images as they are
+    logits: torch.Tensor | None          # the teacher's logits, cached: a row per sample, or per view
+    teacher: nn.Module | None            # online teaching: the teacher runs on every batch
+    description: str                     # what was prepared, for the log
+
+    def targets(self) -> dict:
+        """``train_local``'s keyword arguments for the teacher's targets (``views`` goes with them)."""
+        return {"teacher_logits": self.logits, "teacher": self.teacher}
+
+
+def prepare_teaching(teacher: nn.Module, data: Data, config: KDConfig,
+                     device: torch.device | str = "cpu") -> Teaching:
+    """The frozen ``teacher``'s targets on ``data`` as ``config`` asks: logits cached once per sample
+    (no augment), once per cached view (augment, teacher_views > 0), or none (teacher_views 0: online)."""
+    started = time.perf_counter()
+    views = training_views(config.augment, config.teacher_views, len(data), data.sample_shape[1:], config.seed)
+    if views is None:
+        logits = compute_logits(teacher, data, device)
+        return Teaching(None, logits, None, f"logits of {len(data)} training samples cached in "
+                                            f"{time.perf_counter() - started:.1f}s")
+    augment = f"augment {', '.join(config.augment)}"
+    if isinstance(views, FreshViews):
+        return Teaching(views, None, teacher, f"{augment} with online teaching (teacher_views 0): the teacher runs "
+                                              "on every freshly augmented batch")
+    logits = compute_view_logits(teacher, data, views, device)
+    return Teaching(views, logits, None, f"{augment}: logits of {views.per_image} views of each training image "
+                                         f"cached in {time.perf_counter() - started:.1f}s; "
+                                         f"{views.describe(logits.shape[1], logits)}")
+
+
 def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, proximal_mu: float = 0.0,
                 teacher_logits: torch.Tensor | None = None, teacher: nn.Module | None = None,
-                round_index: int = 0, rounds: int = 0, device: torch.device | str = "cpu",
-                role: str = "student", optimizer: torch.optim.Optimizer | None = None) -> dict:
+                views: TrainingViews | None = None, round_index: int = 0, rounds: int = 0,
+                device: torch.device | str = "cpu", role: str = "student",
+                optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Train ``model`` in place for ``epochs`` epochs with ``config``'s training keys; return round statistics.
 
     With ``teacher_logits`` (cached, [N, K]) or ``teacher`` (run on each batch) the
     loss is the KD blend; with neither it is plain cross-entropy on the labels.
+    ``views``: train on augmented views of the images instead; epoch e of this call is epoch
+    ``round_index · epochs + e`` of the run, and cached ``teacher_logits`` are looked up by view.
     ``proximal_mu`` > 0 adds FedProx's (mu/2)·‖w − w_start‖² to the loss.
     ``rounds`` > 0: this call is round ``round_index`` of a run of that many rounds of ``epochs``
     epochs, over which ``lr_schedule`` and ``lr_warmup`` shape the learning rate step by step;
@@ -118,12 +182,13 @@ def train_local(model: nn.Module, data: Data, config: KDConfig, *, epochs: int, 
     SGD's momentum) carries over from call to call; by default a fresh one for this call.
     """
     with seeded(config.seed * 7_919 + round_index):   # dropout & co., reproducible per round
-        return _train(model, data, config, epochs, proximal_mu, teacher_logits, teacher, round_index, rounds, device,
-                      role, optimizer)
+        return _train(model, data, config, epochs, proximal_mu, teacher_logits, teacher, views, round_index, rounds,
+                      device, role, optimizer)
 
 
 def _train(model: nn.Module, data: Data, config: KDConfig, epochs: int, proximal_mu: float,
-           teacher_logits: torch.Tensor | None, teacher: nn.Module | None, round_index: int, rounds: int,
+           teacher_logits: torch.Tensor | None, teacher: nn.Module | None, views: TrainingViews | None,
+           round_index: int, rounds: int,
            device: torch.device | str, role: str, optimizer: torch.optim.Optimizer | None) -> dict:
     distilling = teacher_logits is not None or teacher is not None
     if teacher is not None:
@@ -142,6 +207,7 @@ def _train(model: nn.Module, data: Data, config: KDConfig, epochs: int, proximal
     started = time.perf_counter()
     for epoch in range(epochs):
         generator = epoch_generator(config.seed, round_index, epoch)
+        remake = views.epoch(round_index * epochs + epoch) if views is not None else None
         for batch, (indices, images, labels) in enumerate(
                 data.batches(config.batch_size, shuffle=True, generator=generator)):
             if scheduled:
@@ -149,6 +215,8 @@ def _train(model: nn.Module, data: Data, config: KDConfig, epochs: int, proximal
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(config, step / run_steps, (step + 1) / run_steps)
             images, labels = images.to(device), labels.to(device)
+            if remake is not None:
+                indices, images = remake(indices, images)   # indices become the views' keys
             logits = model(images)
             if distilling:
                 targets = _teacher_targets(teacher_logits, teacher, indices, images, device)
@@ -174,7 +242,7 @@ def _train(model: nn.Module, data: Data, config: KDConfig, epochs: int, proximal
 def _teacher_targets(cached: torch.Tensor | None, teacher: nn.Module | None, indices: torch.Tensor,
                      images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if cached is not None:
-        return cached[indices].to(device)
+        return cached[indices].to(device, torch.float32)   # views' logits are kept in float16
     with torch.no_grad():   # not inference_mode: mse_loss saves these targets for backward
         return teacher(images).float()
 
