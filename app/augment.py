@@ -1,9 +1,12 @@
 """Augmentation of the training images whose teacher targets are computed once (``augment``, ``teacher_views``).
 
 A view of an image is a few numbers (``Views``): a crop box, a flip bit, a brightness and a
-contrast factor. ``Augmentation.make`` re-makes a batch of views from the images as stored, with
-batched tensor operations only: the crop, resized back to the image's size (bilinear), and the
-flip are one pair of batched matrix products (``_resample``), the jitter two multiply-adds.
+contrast factor. ``Augmentation.make`` re-makes a batch of views from the images as stored (the
+decoded uint8 pixels, scaled to [0, 1]; float arrays as they are), with batched tensor operations
+only: the crop, resized back to the image's size (bilinear), and the flip are one pair of
+batched matrix products (``_resample``), the jitter two multiply-adds. ``Data.batches(views=...)``
+makes them before grey images are repeated to the agreed channels and before the normalization,
+so the normalization (and a model's exported ``Normalize``) sees views as it sees images.
 
 Distillation needs the teacher's logits on exactly the view the student sees (consistent
 teaching, Beyer et al. 2022). ``teacher_views`` picks how:

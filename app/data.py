@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from app.images import (ClassFolders, Size, check_same_size, decode_files, has_c
 from app.normalization import Normalization
 from app.numpy_files import label_values, pick_arrays, read_arrays, stack_images, unreadable
 from app.torch_files import load_tensors, load_trusted, refused_globals
+
+if TYPE_CHECKING:
+    from app.augment import EpochViews
 
 SUPPORTED = ".pt, .pth, .npz, .npy, or a folder with one sub-folder of images per class"
 # Channels-last arrays ([N, H, W, C], as CIFAR is usually stored) have one of these
@@ -62,6 +65,15 @@ class _Delivery:
         if normalized and self.normalization is not None:
             images = self.normalization.apply(images)
         return images
+
+    def _batch(self, indices: torch.Tensor, stored: torch.Tensor, labels: torch.Tensor, normalized: bool,
+               views: EpochViews | None) -> Batch:
+        """One batch as delivered. With ``views`` (augmentation, app.augment) the views are re-made from
+        the stored pixels, uint8 scaled to [0, 1], before the channels are repeated and the
+        normalization applied, and the indices become the views' keys."""
+        if views is not None:
+            indices, stored = views(indices, as_float(stored))
+        return indices, self._ready(stored, normalized), labels
 
     def _delivered_shape(self, stored: tuple[int, ...]) -> tuple[int, ...]:
         return (self.channels or stored[0], *stored[1:])
@@ -98,8 +110,9 @@ class TensorData(_Delivery):
         return int(self.labels.max()) + 1
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                normalized: bool = True) -> Iterator[Batch]:
-        """(indices, images, labels) per batch; indices are positions in this dataset.
+                normalized: bool = True, views: EpochViews | None = None) -> Iterator[Batch]:
+        """(indices, images, labels) per batch; indices are positions in this dataset (with ``views``,
+        augmentation, the keys of the views: ``_batch``).
 
         Unshuffled batches of float images without normalization are views of the data.
         Shuffled batches gather their rows with one index_select each: measured faster than
@@ -108,13 +121,13 @@ class TensorData(_Delivery):
         _check_batch_size(batch_size)
         if shuffle:
             for indices in torch.randperm(len(self), generator=generator).split(batch_size):
-                yield indices, self._ready(self.images[indices], normalized), self.labels[indices]
+                yield self._batch(indices, self.images[indices], self.labels[indices], normalized, views)
             return
         positions = torch.arange(len(self))
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            yield (positions[start:stop], self._ready(self.images[start:stop], normalized),
-                   self.labels[start:stop])
+            yield self._batch(positions[start:stop], self.images[start:stop], self.labels[start:stop], normalized,
+                              views)
 
     def float_images(self) -> torch.Tensor:
         """Every image as the model sees it (float32, normalized): a copy of the whole dataset."""
@@ -159,7 +172,7 @@ class LazyData(_Delivery):
         return self._num_classes
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                normalized: bool = True) -> Iterator[Batch]:
+                normalized: bool = True, views: EpochViews | None = None) -> Iterator[Batch]:
         """(indices, images, labels) per batch, loading each batch's images when it is needed."""
         _check_batch_size(batch_size)
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
@@ -167,7 +180,7 @@ class LazyData(_Delivery):
             positions = indices.tolist()
             items = [_item(self.dataset, index, self.name) for index in positions]
             images, labels = _stack_items(items, positions, self._raw_shape, self.dataset, self.name)
-            yield indices, self._ready(images, normalized), labels
+            yield self._batch(indices, images, labels, normalized, views)
 
 
 class LazyFiles(_Delivery):
@@ -191,14 +204,14 @@ class LazyFiles(_Delivery):
         return int(self.labels.max()) + 1
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-                normalized: bool = True) -> Iterator[Batch]:
+                normalized: bool = True, views: EpochViews | None = None) -> Iterator[Batch]:
         """(indices, images, labels) per batch, decoding each batch's files when it is needed."""
         _check_batch_size(batch_size)
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for indices in order.split(batch_size):
             pixels = decode_files([self.files[index] for index in indices.tolist()], self.size,
                                   self.stored_channels, resize=self.resize, name=self.name)
-            yield indices, self._ready(pixels, normalized), self.labels[indices]
+            yield self._batch(indices, pixels, self.labels[indices], normalized, views)
 
 
 Data = TensorData | LazyData | LazyFiles

@@ -115,10 +115,8 @@ def compute_view_logits(model: nn.Module, data: Data, views: CachedViews, device
     model.eval()
     cached: torch.Tensor | None = None
     for view in range(views.per_image):
-        remake = views.epoch(view)
-        for indices, images, _ in data.batches(batch_size):
-            keys, images = remake(indices, images.to(device))
-            logits = model(images).float().cpu()
+        for keys, images, _ in data.batches(batch_size, views=views.epoch(view)):
+            logits = model(images.to(device)).float().cpu()
             if cached is None:
                 cached = torch.empty(len(data) * views.per_image, logits.shape[1], dtype=torch.float16)
             if cached.dtype == torch.float16 and logits.abs().max() > torch.finfo(torch.float16).max:
@@ -209,14 +207,12 @@ def _train(model: nn.Module, data: Data, config: KDConfig, epochs: int, proximal
         generator = epoch_generator(config.seed, round_index, epoch)
         remake = views.epoch(round_index * epochs + epoch) if views is not None else None
         for batch, (indices, images, labels) in enumerate(
-                data.batches(config.batch_size, shuffle=True, generator=generator)):
+                data.batches(config.batch_size, shuffle=True, generator=generator, views=remake)):
             if scheduled:
                 step = (round_index * epochs + epoch) * per_epoch + batch
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(config, step / run_steps, (step + 1) / run_steps)
-            images, labels = images.to(device), labels.to(device)
-            if remake is not None:
-                indices, images = remake(indices, images)   # indices become the views' keys
+            images, labels = images.to(device), labels.to(device)   # with views, indices are the views' keys
             logits = model(images)
             if distilling:
                 targets = _teacher_targets(teacher_logits, teacher, indices, images, device)

@@ -12,8 +12,11 @@ from app.api import distill
 from app.augment import CROP_RATIO, CROP_SCALE, JITTER, Augmentation, CachedViews, FreshViews, Views
 from app.config import SECTION, KDConfig, effective_document, parse_config
 from app.errors import ConfigError
-from app.data import TensorData
+from app.data import Decoding, LazyFiles, TensorData, decode_folders, open_dataset
+from app.images import decode_files
+from app.normalization import Normalization
 from app.training import compute_view_logits, epoch_generator, prepare_teaching, train_local
+from tests.conftest import image_folders
 from tests.test_site import load
 
 ALL = ("flip", "crop", "color")
@@ -138,6 +141,41 @@ def test_cached_logits_of_a_view_are_the_teachers_output_on_the_remade_pixels():
             assert len({tuple(row) for row in cached[image * 3:image * 3 + 3].tolist()}) == 3
 
 
+@pytest.mark.parametrize("kind", ["uint8 arrays", "image files decoded per batch"])
+def test_views_are_made_from_the_stored_uint8_pixels_then_channels_and_normalization(tmp_path, kind):
+    """Grey uint8 pixels (arrays in memory, or PNG files decoded batch by batch above the memory bound): the
+    view is re-made from the pixels scaled to [0, 1], then repeated to 3 channels and normalized; the
+    teacher's cached logits are its output on exactly that, and training delivers exactly that."""
+    if kind == "uint8 arrays":
+        data = load(tmp_path, n_train=30).train
+        stored = data.images
+    else:
+        source = open_dataset(image_folders(tmp_path, n_train=30, n_test=1) / "train", "train_dataset")
+        data = decode_folders({"train": source}, Decoding([str(d) for d in range(10)], 1, memory_bytes=0))["train"]
+        assert isinstance(data, LazyFiles)
+        stored = decode_files(data.files, data.size, data.stored_channels, resize=data.resize, name=data.name)
+    assert stored.dtype == torch.uint8 and stored.shape[1] == 1
+    data.channels, data.normalization = 3, Normalization((0.2, 0.3, 0.4), (0.5, 0.6, 0.7))
+    teacher = conv_net(1, classes=10)
+    views = CachedViews.draw(Augmentation.of(ALL), len(data), 2, (28, 28), seed=5)
+
+    def expected(keys, images):
+        made = views.augmentation.make(views.views[keys], images.float() / 255)
+        return data.normalization.apply(made.expand(-1, 3, -1, -1))
+    cached = compute_view_logits(teacher, data, views, batch_size=8)
+    with torch.no_grad():
+        for image in (0, 17, 29):
+            keys = torch.tensor([image * 2, image * 2 + 1])
+            torch.testing.assert_close(cached[keys].float(), teacher(expected(keys, stored[[image, image]])),
+                                       rtol=2e-3, atol=1e-3)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:8]
+    keys, delivered, _ = next(data.batches(8, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                           views=views.epoch(1)))
+    assert torch.equal(keys, order * 2 + 1)
+    torch.testing.assert_close(delivered, expected(keys, stored[order]), rtol=0, atol=1e-5)
+    assert not torch.equal(delivered, data.normalization.apply(stored[order].float().div(255).expand(-1, 3, -1, -1)))
+
+
 def test_training_cycles_through_the_views_against_their_own_logits():
     """Epoch e of the run (over rounds) trains every image on view e mod K, re-made from the stored image; a
     student taught from the cached logits ends where one taught by the teacher on those pixels ends."""
@@ -211,7 +249,7 @@ def test_a_site_trains_student_and_baseline_on_views_and_never_augments_test_ima
     # online: the teacher ran on each training batch of each round; cached: never again
     assert sum(teacher_calls) == cached + len(site.test) + (2 * 300 if teacher_views == 0 else 0)
     for name, model in site.models.items():
-        assert torch.equal(torch.cat(evaluated[name]), torch.cat([site.test.images] * 2))
+        assert torch.equal(torch.cat(evaluated[name]), torch.cat([site.test.float_images()] * 2))
         assert any(not torch.equal(value, start[name][key]) for key, value in model.state_dict().items())
     assert [r["round"] for r in site.rounds] == [1, 2]
     assert site.rounds[-1]["accuracy"] > 0.25 and site.rounds[-1]["baseline_accuracy"] > 0.25   # chance: 0.1
