@@ -235,10 +235,10 @@ def test_a_site_trains_student_and_baseline_on_views_and_never_augments_test_ima
     lines = []
     site._log = lines.append
     site.adopt_plan(site.make_plan())
-    evaluated, teacher_calls = {name: [] for name in site.models}, []
+    evaluated, trained, teacher_calls = {name: [] for name in site.models}, {name: [] for name in site.models}, []
     for name, model in site.models.items():   # trained on views, evaluated on the test images as they are
-        model.register_forward_pre_hook(
-            lambda module, inputs, name=name: None if module.training else evaluated[name].append(inputs[0].clone()))
+        model.register_forward_pre_hook(lambda module, inputs, name=name: (
+            trained if module.training else evaluated)[name].append(inputs[0].clone()))
     site.teacher.register_forward_hook(lambda module, inputs, output: teacher_calls.append(len(inputs[0])))
     site.prepare_teacher()
     cached = 300 * teacher_views
@@ -251,6 +251,12 @@ def test_a_site_trains_student_and_baseline_on_views_and_never_augments_test_ima
     for name, model in site.models.items():
         assert torch.equal(torch.cat(evaluated[name]), torch.cat([site.test.float_images()] * 2))
         assert any(not torch.equal(value, start[name][key]) for key, value in model.state_dict().items())
+    # the baseline trained on exactly the student's views, batch by batch, which are not the images as they are
+    assert torch.equal(torch.cat(trained["student"]), torch.cat(trained["baseline"]))
+    first = trained["student"][0]
+    order = torch.randperm(300, generator=epoch_generator(site.config.seed, 0, 0))[:len(first)]
+    assert first.shape == site.train.float_images()[order].shape
+    assert not torch.equal(first, site.train.float_images()[order])
     assert [r["round"] for r in site.rounds] == [1, 2]
     assert site.rounds[-1]["accuracy"] > 0.25 and site.rounds[-1]["baseline_accuracy"] > 0.25   # chance: 0.1
     teacher_line = next(line for line in lines if line.startswith("teacher: test accuracy"))
