@@ -244,8 +244,8 @@ def test_a_site_trains_student_and_baseline_on_views_and_never_augments_test_ima
     cached = 300 * teacher_views
     assert sum(teacher_calls) == cached + len(site.test)
     start = {name: {k: v.clone() for k, v in model.state_dict().items()} for name, model in site.models.items()}
-    for round_index in range(2):
-        site.apply_global(site.aggregate([site.train_round(round_index)], sites=1), round_index)
+    for _ in range(2):
+        site.apply_global(site.aggregate([site.train_round()], sites=1))
     # online: the teacher ran on each training batch of each round; cached: never again
     assert sum(teacher_calls) == cached + len(site.test) + (2 * 300 if teacher_views == 0 else 0)
     for name, model in site.models.items():
@@ -275,7 +275,7 @@ def test_same_seed_same_student_on_cached_views(tmp_path):
         site = load(tmp_path / run, n_train=200, max_iter=1, augment=list(ALL), teacher_views=2, seed=seed)
         site.adopt_plan(site.make_plan())
         site.prepare_teacher()
-        site.apply_global(site.aggregate([site.train_round(0)], sites=1), 0)
+        site.apply_global(site.aggregate([site.train_round()], sites=1))
         students.append(site.student.state_dict())
     assert all(torch.equal(value, students[1][name]) for name, value in students[0].items())
     assert not all(torch.equal(value, students[2][name]) for name, value in students[0].items())
