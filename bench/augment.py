@@ -57,7 +57,7 @@ def site_inputs(photos: Path, workdir: Path, settings: dict) -> list[Path]:
     """One input folder per site of the photo sample, as the platform assembles it: the generic
     files, ``settings`` as its config.yml, its train/ and test/ folders (linked, not copied)."""
     folders = []
-    for client in sorted(path for path in photos.glob("c*") if (path / "train").is_dir()):
+    for client in sorted(path for path in photos.iterdir() if path.name != "generic" and (path / "train").is_dir()):
         folder = workdir / client.name
         folder.mkdir(parents=True)
         for item in (photos / "generic").iterdir():
@@ -68,8 +68,8 @@ def site_inputs(photos: Path, workdir: Path, settings: dict) -> list[Path]:
             (folder / split).symlink_to((client / split).resolve(), target_is_directory=True)
         folders.append(folder)
     if not folders:
-        raise SystemExit(f"augment: no sites (c1/train, c2/train, ...) in {photos}. Build the photo sample with "
-                         "python -m scripts.make_photo_sample (see this script's docstring).")
+        raise SystemExit(f"augment: no sites (folders with train/ beside generic/) in {photos}. Build the photo "
+                         "sample with python -m scripts.make_photo_sample (see this script's docstring).")
     return folders
 
 

@@ -1,4 +1,5 @@
-"""Smoke tests of bench.noniid and bench.privacy, run as subprocesses with tiny settings.
+"""Smoke tests of bench.noniid, bench.privacy and the other federation benches, run as subprocesses
+with tiny settings.
 
 They check each table's structure (columns, one row per configuration, accuracies in [0, 1])
 and the results file, never the size of the figures.
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from scripts.devdata.idx import DEFAULT_MNIST
-from tests.conftest import REPO, cut_site, generic_dir
+from tests.conftest import REPO, cut_site, folder_federation, generic_dir
 
 pytestmark = pytest.mark.slow
 MNIST = str(DEFAULT_MNIST)
@@ -129,3 +130,20 @@ def test_quick_start_table_has_the_baseline_smpc_and_scarce_rows(tmp_path, small
         distilled, alone = (float(cell.rstrip("%")) for cell in row[2:4])
         assert float(row[4]) == pytest.approx(distilled - alone, abs=0.011) and row[5].startswith("±")
     assert rows[1][3:6] == ["-", "-", "-"]
+
+
+def test_augment_measures_both_teachings_and_three_federations(tmp_path):
+    """bench.augment on two small folders of MNIST PNG files with the sample teacher and student."""
+    photos = tmp_path / "photos"
+    folder_federation(photos, [dict(source="c1", n_train=40, n_test=30), dict(source="c2", n_train=40, n_test=30)])
+    output = tmp_path / "augment.txt"
+    done = run_bench("augment", "--photos", str(photos), "--rounds", "1", "--local-epochs", "1", "--views", "2",
+                     "--timed-epochs", "1", "--output", str(output))
+    assert output.read_text() == done.stdout
+    assert "40 images × 2 views × 10 classes × 2 bytes = 1.6 KB of float16 teacher logits" in done.stdout
+    accuracies = {run: float(re.search(rf"\({run}\) [^:]*:\s+([\d.]+)", done.stdout).group(1)) for run in "cde"}
+    assert all(0 <= value <= 1 for value in accuracies.values()) and "60 test images" in done.stdout
+    last = re.fullmatch(r"views_vs_online=([\d.]+) augment_gain_pp=(-?[\d.]+) views_vs_online_pp=(-?[\d.]+)",
+                        done.stdout.splitlines()[-1])
+    assert last and float(last.group(1)) > 0
+    assert abs(float(last.group(2)) - 100 * (accuracies["c"] - accuracies["d"])) < 0.02
