@@ -158,8 +158,15 @@ class LogicConfig(BaseModel):
                       min_length=1)
 
 
+# server_learning_rate when none is given: rates that worked for each server optimizer in trials on one
+# federation, then run by bench/convergence.py everywhere (README: Server optimizers); one number cannot fit
+# them all: an Adam step moves every weight by about the rate itself, FedAvg's by the average change times it.
+SERVER_LEARNING_RATES = {"fedavg": 1.0, "fedavgm": 0.3, "fedadam": 0.1, "fedyogi": 0.03}
+
+
 class KDConfig(BaseModel):
-    """Validated settings of one site. Defaults follow the original FeatureCloud KD app."""
+    """Validated settings of one site. The training defaults were chosen by bench/convergence.py (README:
+    Defaults); the rest follow the original FeatureCloud KD app."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -188,16 +195,16 @@ class KDConfig(BaseModel):
 
     max_iter: WholeNumber = _field(10, "a whole number of communication rounds ≥ 1", ge=1)
     local_epochs: WholeNumber = _field(1, "a whole number of local epochs per round ≥ 1", ge=1)
-    batch_size: WholeNumber = _training(256, "a whole number ≥ 1", ge=1)
-    learning_rate: Number = _training(0.001, "a number > 0 and ≤ 10", gt=0, le=10)
+    batch_size: WholeNumber = _training(32, "a whole number ≥ 1", ge=1)
+    learning_rate: Number = _training(0.004, "a number > 0 and ≤ 10", gt=0, le=10)
     optimizer: Literal["adam", "sgd"] = _training("adam", "one of: adam, sgd")
     momentum: Number = _training(0.9, "a number between 0 and 1 (used by sgd)", ge=0, lt=1)
     weight_decay: Number = _training(0.0, "a number ≥ 0", ge=0)
     lr_schedule: Literal["constant", "cosine"] = _training("constant", "one of: constant, cosine")
     lr_warmup: Number = _training(0.0, "a number from 0 to below 1: the share of the run spent warming up", ge=0, lt=1)
 
-    temperature: Number = _training(2.0, "a number > 0 and ≤ 100", gt=0, le=100)
-    alpha: Number = _training(0.5, "a number between 0 and 1", ge=0, le=1)
+    temperature: Number = _training(4.0, "a number > 0 and ≤ 100", gt=0, le=100)
+    alpha: Number = _training(0.8, "a number between 0 and 1", ge=0, le=1)
     loss: DistillKind = _training("kl", "one of: " + ", ".join(get_args(DistillKind)))
 
     augment: Operations = _training([], f"a list of distinct operations from: {', '.join(OPERATIONS)} (or none)")
@@ -209,7 +216,9 @@ class KDConfig(BaseModel):
     mu: Number = _field(0.01, "a number ≥ 0 (FedProx's proximal weight)", ge=0)
     server_optimizer: Literal["fedavg", "fedavgm", "fedadam", "fedyogi"] = _field(
         "fedavg", "one of: fedavg, fedavgm, fedadam, fedyogi")
-    server_learning_rate: Number = _field(1.0, "a number > 0 and ≤ 10", gt=0, le=10)
+    server_learning_rate: Number | None = _field(
+        None, "a number > 0 and ≤ 10, or empty (then " + ", ".join(
+            f"{rate:g} for {name}" for name, rate in SERVER_LEARNING_RATES.items()) + ")", gt=0, le=10)
     server_momentum: Number = _field(0.9, "a number between 0 and 1 (used by fedavgm)", ge=0, lt=1)
     server_beta1: Number = _field(0.9, "a number between 0 and 1 (used by fedadam, fedyogi)", ge=0, lt=1)
     server_beta2: Number = _field(0.99, "a number between 0 and 1 (used by fedadam, fedyogi)", ge=0, lt=1)
@@ -260,6 +269,17 @@ class KDConfig(BaseModel):
             raise ValueError(f"teacher_views: {self.teacher_views} — only used with augment, which is not set: set "
                              f"augment (e.g. augment: [{', '.join(OPERATIONS)}]) or remove teacher_views")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _server_learning_rate(cls, data: Any) -> Any:
+        # Filled in before validation, so the value used is the one every dump shows (effective config.yml).
+        if isinstance(data, dict) and data.get("server_learning_rate") is None:
+            optimizer = data.get("server_optimizer", "fedavg")
+            rate = SERVER_LEARNING_RATES.get(optimizer) if isinstance(optimizer, str) else None
+            if rate is not None:   # else server_optimizer itself is reported as wrong
+                data = {**data, "server_learning_rate": rate}
+        return data
 
     @model_validator(mode="after")
     def _has_a_teacher(self, info: ValidationInfo) -> "KDConfig":

@@ -11,30 +11,38 @@ ways at equal local epochs (rounds × local epochs):
 - **central**: ``distill()`` on the sites' pooled training images for as many epochs, from the
   same initial student.
 
-Every final student is scored on one common test set (MNIST t10k). The last line gives, over
-the rows of the app's defaults (recipe ``defaults``), the largest gap of the federated KD student
-below central KD and the worst KD − no-KD difference, in percentage points.
+The recipes: the original app's defaults (``seed defaults``) alone and with each server optimizer,
+the sample federation's settings, and the app's defaults alone and with each server optimizer.
+Every final student is scored on one common test set (MNIST t10k). The header also says why KD
+can trail the baseline: the teacher's weakest class, and the share of the loss gradient the hard
+labels really get at the initial student for each recipe's temperature and alpha. The last line
+gives, over the rows of the app's defaults (recipe ``defaults``), the largest gap of the federated
+KD student below central KD and the worst KD − no-KD difference, in percentage points.
 
-    python -m bench.convergence [--quick] [--recipes NAME,NAME] [--federations 0.5:3,0.1:5]
+    python -m bench.convergence [--quick] [--recipes NAME,NAME] [--federations 0.5:3,0.1:5] [--jobs 2]
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from app.api import distill
 from app.config import TRAINING_KEYS, KDConfig
 from app.federation import federate
+from app.losses import distillation_loss
 from app.results import chance_margin
-from app.training import evaluate
+from app.training import compute_logits, evaluate
 from bench.noniid import (SAMPLE, Arrays, as_data, concatenate, generic_settings, load_pool, load_sites,
                           run_script, split_sites, table, write_site)
 from scripts.devdata.args import positive_int
@@ -43,20 +51,20 @@ from scripts.devdata.idx import DEFAULT_MNIST
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "convergence.txt"
 
-# The original FeatureCloud app's defaults (and this app's before server optimizers existed).
+# The original FeatureCloud app's defaults (and this app's until bench/convergence.py chose new ones).
 SEED = {"batch_size": 256, "learning_rate": 0.001, "max_iter": 10, "local_epochs": 1, "temperature": 2.0,
         "alpha": 0.5, "optimizer": "adam", "server_optimizer": "fedavg", "lr_schedule": "constant",
         "lr_warmup": 0.0}
 # The sample federation's settings (sample_data/generic/config.yml), with today's server side.
 SAMPLE_KEYS = ("batch_size", "learning_rate", "max_iter", "local_epochs", "temperature", "alpha", "loss")
-RECIPES: dict[str, dict] = {
+# Server optimizers take the app's defaults of their keys (server_learning_rate: the rate of each optimizer).
+SERVERS = ("fedavgm", "fedadam", "fedyogi")
+RECIPES: dict[str, dict | str] = {
     "seed defaults": SEED,
-    "seed + fedavgm": {**SEED, "server_optimizer": "fedavgm"},
-    "seed + fedadam": {**SEED, "server_optimizer": "fedadam"},
-    "seed + fedyogi": {**SEED, "server_optimizer": "fedyogi"},
+    **{f"seed + {server}": {**SEED, "server_optimizer": server} for server in SERVERS},
     "sample": "sample",            # the sample's training keys, server fedavg, constant learning rate
     "defaults": {},                # every key at the app's default
-    "sample + defaults": "sample+",   # the sample's config.yml as shipped: its keys, the app's defaults otherwise
+    **{f"defaults + {server}": {"server_optimizer": server} for server in SERVERS},
 }
 DEFAULT_RECIPES = list(RECIPES)
 QUICK_RECIPES = ["seed defaults", "defaults"]
@@ -95,8 +103,6 @@ def recipe_settings(name: str, sample: dict) -> dict:
     if recipe == "sample":
         return {**{key: sample[key] for key in SAMPLE_KEYS if key in sample},
                 "server_optimizer": "fedavg", "lr_schedule": "constant", "lr_warmup": 0.0}
-    if recipe == "sample+":
-        return {key: sample[key] for key in SAMPLE_KEYS if key in sample}
     return dict(recipe)
 
 
@@ -155,6 +161,25 @@ class Bench:
             self.central[key] = evaluate(site.student, self.common, site.num_classes).accuracy
         return self.central[key]
 
+    def diagnosis(self, parts: list[tuple[Arrays, Arrays]]) -> list[str]:
+        """Why KD can trail the baseline: how good the teacher is on each class, and how much of the
+        loss's gradient the hard-label term carries at the initial student for each recipe's T and alpha."""
+        site = load_sites([write_site(self.workdir() / "probe", self.generic, {**self.files, "seed": self.args.seed},
+                                      parts[0][0], parts[0][1])], self.scratch / "probe-out")[0]
+        teacher = evaluate(site.teacher, self.common, site.num_classes)
+        weakest = int(np.nanargmin([np.nan if a is None else a for a in teacher.per_class_accuracy]))
+        teacher_logits, student_logits = (compute_logits(model, self.common) for model in (site.teacher, site.student))
+        shares = []
+        for name in self.args.recipes:
+            config = KDConfig.model_validate(self.settings(name))
+            share = label_share(student_logits, teacher_logits, self.common.labels, config.temperature, config.alpha,
+                                config.loss)
+            shares.append(f"{name} (T {config.temperature:g}, alpha {config.alpha:g}) {100 * share:.0f}%")
+        return [f"teacher on the common test set: accuracy {teacher.accuracy:.4f}, weakest class {weakest} "
+                f"{teacher.per_class_accuracy[weakest]:.4f}",
+                "share of the hard-label term in the loss gradient at the initial student (norms w.r.t. the logits, "
+                "common test set; alpha alone would say 1 - alpha): " + "; ".join(shares)]
+
     def row(self, federation: Federation, parts: list[tuple[Arrays, Arrays]], recipe: str) -> Row:
         started = time.perf_counter()
         settings = self.settings(recipe)
@@ -167,21 +192,37 @@ class Bench:
                    chance_margin(kd, baseline, len(self.common)), time.perf_counter() - started)
 
 
-def run_all(args: argparse.Namespace) -> list[str]:
-    started = time.perf_counter()
-    rows: list[Row] = []
-    described = []
+def run_federation(args: argparse.Namespace, federation: Federation) -> tuple[list[Row], str, list[str]]:
+    """Every recipe on one federation: its rows, its sites' class counts and the diagnosis lines."""
+    torch.set_num_threads(args.threads)   # again: a worker process of --jobs starts with torch's default
     with tempfile.TemporaryDirectory(prefix="convergence-") as scratch:
         bench = Bench(args, Path(scratch))
-        for federation in args.federations:
-            parts = bench.parts(federation)
-            counts = [np.bincount(train[1], minlength=10).tolist() for train, _ in parts]
-            described.append(f"  {federation.name}: " + "; ".join(
-                f"site{i + 1} {sum(c)}: {c}" for i, c in enumerate(counts)))
-            for recipe in args.recipes:
-                rows.append(bench.row(federation, parts, recipe))
-                print(f"  done: {federation.name}, {recipe} ({rows[-1].seconds:.0f}s)", file=sys.stderr)
+        parts = bench.parts(federation)
+        counts = [np.bincount(train[1], minlength=10).tolist() for train, _ in parts]
+        described = f"  {federation.name}: " + "; ".join(f"site{i + 1} {sum(c)}: {c}" for i, c in enumerate(counts))
+        diagnosis = bench.diagnosis(parts)
+        rows = []
+        for recipe in args.recipes:
+            rows.append(bench.row(federation, parts, recipe))
+            print("  done: " + "  ".join(rows[-1].cells()), file=sys.stderr, flush=True)
+    return rows, described, diagnosis
+
+
+def run_all(args: argparse.Namespace) -> list[str]:
+    started = time.perf_counter()
+    if args.jobs > 1:   # federations are independent: one process each, at most --jobs at a time
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(run_federation, [args] * len(args.federations), args.federations))
+    else:
+        done = [run_federation(args, federation) for federation in args.federations]
+    rows = [row for federation_rows, _, _ in done for row in federation_rows]
+    described = [line for _, line, _ in done]
+    diagnosis = done[0][2]
+    with tempfile.TemporaryDirectory(prefix="convergence-") as scratch:
+        bench = Bench(args, Path(scratch))   # for the header: data source, common test set, recipes
         source = bench.pool.source
+        recipe_lines = "; ".join(f"{name}: {describe(bench.settings(name))}" for name in args.recipes)
+        common = len(bench.common)
     target = [row for row in rows if row.recipe == TARGET_RECIPE] or rows
     gap = max(100 * (row.central - row.kd) for row in target)
     worst = min(100 * (row.kd - row.baseline) for row in target)
@@ -189,17 +230,18 @@ def run_all(args: argparse.Namespace) -> list[str]:
     defaults = KDConfig()
     header = [
         f"Convergence at equal local epochs, {datetime.datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), {time.perf_counter() - started:.0f} s",
+        f"{time.perf_counter() - started:.0f} s",
         f"data: {source}; {args.per_site:,} training images per site on average (Dirichlet shares make sizes "
-        f"unequal); common test set: {len(bench.common):,} images; seed {args.seed}",
+        f"unequal); common test set: {common:,} images; seed {args.seed}; {args.jobs} process(es) of "
+        f"{args.threads} thread(s)",
         f"teacher and student: {args.sample_dir / 'generic'} (teacher.pt, student.py)",
-        "recipes: " + "; ".join(f"{name}: {describe(bench.settings(name))}" for name in args.recipes),
+        "recipes: " + recipe_lines,
         f"app defaults now: server_optimizer {defaults.server_optimizer}, server_learning_rate "
         f"{defaults.server_learning_rate:g}, server_momentum {defaults.server_momentum:g}, lr_schedule "
         f"{defaults.lr_schedule}, lr_warmup {defaults.lr_warmup:g}",
         "KD: federated KD student; no KD: the federation's baseline (hard labels only); central: distill() on the "
         "pooled images for rounds x local epochs; differences in points; 2SE: two standard errors of KD - no KD",
-        "training images per class of each site:", *described, ""]
+        *diagnosis, "training images per class of each site:", *described, ""]
     columns = ["federation", "recipe", "KD", "no KD", "central", "KD-central", "KD-noKD", "2SE", "seconds"]
     summary = [
         "",
@@ -208,6 +250,19 @@ def run_all(args: argparse.Namespace) -> list[str]:
         f"({'never' if within else 'SOMEWHERE'} below the baseline by more than 2SE)",
         f"max_gap_to_central_pp={gap:.2f} worst_kd_minus_baseline_pp={worst:.2f}"]
     return header + table(columns, [row.cells() for row in rows], labels=2) + summary
+
+
+def label_share(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                temperature: float, alpha: float, kind: str) -> float:
+    """(1 - alpha)·|∇CE| / (alpha·|∇distill| + (1 - alpha)·|∇CE|), mean per-image gradient norms w.r.t.
+    the student's logits: the weight the labels really get (the T² factor scales the distillation term)."""
+    def norm(loss) -> float:
+        logits = student_logits.clone().requires_grad_(True)
+        gradient, = torch.autograd.grad(loss(logits), logits)
+        return float(gradient.norm(dim=1).mean())
+    distill_norm = alpha * norm(lambda s: distillation_loss(s, teacher_logits, temperature, kind))
+    label_norm = (1 - alpha) * norm(lambda s: F.cross_entropy(s, labels))
+    return label_norm / (distill_norm + label_norm)
 
 
 def describe(settings: dict) -> str:
@@ -260,7 +315,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="images of the common test set, from MNIST t10k (default all 10,000)")
     parser.add_argument("--max-rounds", type=positive_int, default=None,
                         help="cap every recipe's max_iter (for smoke tests)")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="torch.set_num_threads of each process (default 2)")
+    parser.add_argument("--jobs", type=positive_int, default=1,
+                        help="federations run at the same time, one process each (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the training (default 0)")
     parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_MNIST,
                         help=f"folder with the MNIST IDX files (default {DEFAULT_MNIST})")

@@ -18,12 +18,30 @@ def write(tmp_path, text):
     return path
 
 
-def test_defaults_follow_the_original_app(tmp_path):
+def test_defaults_are_the_measured_ones(tmp_path):
+    """The training defaults bench/convergence.py chose (README: Defaults); rounds as in the original app."""
     config = load_config(write(tmp_path, f"{SECTION}:\n  teacher_weights: t.pt\n"))
-    assert (config.batch_size, config.learning_rate, config.max_iter) == (256, 0.001, 10)
-    assert (config.temperature, config.alpha, config.loss) == (2.0, 0.5, "kl")
+    assert (config.batch_size, config.learning_rate, config.max_iter) == (32, 0.004, 10)
+    assert (config.temperature, config.alpha, config.loss) == (4.0, 0.8, "kl")
+    assert (config.server_optimizer, config.lr_schedule, config.lr_warmup) == ("fedavg", "constant", 0.0)
     assert (config.teacher_model, config.student_model) == ("teacher.py", "student.py")
     assert config.teacher_weights == "t.pt"
+
+
+def test_server_learning_rate_defaults_to_the_rate_of_its_optimizer():
+    """An Adam-like server step moves each weight by about the rate itself, FedAvg's by the average change
+    times it: one default cannot fit both, so an unset rate is the one measured for the optimizer."""
+    rates = {name: parse_config({**TEACHER, "server_optimizer": name}).server_learning_rate
+             for name in ("fedavg", "fedavgm", "fedadam", "fedyogi")}
+    assert rates == {"fedavg": 1.0, "fedavgm": 0.3, "fedadam": 0.1, "fedyogi": 0.03}
+    assert parse_config({**TEACHER, "server_optimizer": "fedadam", "server_learning_rate": None}).server_learning_rate \
+        == 0.1
+    assert parse_config({**TEACHER, "server_optimizer": "fedadam", "server_learning_rate": 2}).server_learning_rate == 2
+    document = effective_document({SECTION: {**TEACHER, "server_optimizer": "fedyogi"}},
+                                  parse_config({**TEACHER, "server_optimizer": "fedyogi"}))
+    assert document[SECTION]["server_learning_rate"] == 0.03   # the rate used, for the next app and the report
+    with pytest.raises(ConfigError, match="server_optimizer: 'adam' — must be one of"):
+        parse_config({**TEACHER, "server_optimizer": "adam"})
 
 
 def test_flat_file_without_section_is_accepted(tmp_path):
@@ -116,7 +134,7 @@ def test_effective_document_keeps_other_sections_and_fills_defaults():
     document = effective_document(original, parse_config(original))
     assert document["fc_deep"] == {"max_iter": 3}
     assert document[SECTION]["alpha"] == 0.2
-    assert document[SECTION]["batch_size"] == 256
+    assert document[SECTION]["batch_size"] == 32
 
 
 def test_effective_document_of_flat_file_gets_a_section():
