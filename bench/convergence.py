@@ -186,7 +186,8 @@ class Bench:
         config = KDConfig.model_validate(settings)
         kd, baseline = self.federated(parts, settings)
         training = config.model_dump(include=set(TRAINING_KEYS))
-        key = (federation, config.max_iter * config.local_epochs, tuple(sorted(training.items())))
+        # repr: some training keys hold lists (augment), which a dict key cannot
+        key = (federation, config.max_iter * config.local_epochs, repr(sorted(training.items())))
         central = self.centralized(parts, settings, key)
         return Row(federation.name, recipe, kd, baseline, central,
                    chance_margin(kd, baseline, len(self.common)), time.perf_counter() - started)
