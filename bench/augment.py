@@ -43,6 +43,7 @@ from app.federation import federate
 from app.site import Site
 from app.training import prepare_teaching, train_local
 from bench.noniid import shown
+from bench.output import save
 from scripts.devdata.args import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,10 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     lines = run_all(args)
-    text = "\n".join(lines) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text, end="")
+    save(lines, args.output)
 
 
 if __name__ == "__main__":

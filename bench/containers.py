@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.output import save
 from bench.run_breakdown import timed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,10 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"{interval:>16g} {local:>9.1f} {container:>13.1f} {container - local:>+13.1f}"
               for interval, local, container in rows]
     lines += ["", "container_minus_local_s=" + ",".join(f"{container - local:.1f}" for _, local, container in rows)]
-    text = "\n".join(lines) + "\n"
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text, end="")
+    save(lines, args.results)
 
 
 if __name__ == "__main__":

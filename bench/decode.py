@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from app.images import decode_files, worker_count
+from bench.output import save
 from scripts.devdata.args import positive_int
 from scripts.devdata.idx import DEFAULT_MNIST, read_mnist
 from scripts.devdata.photos import KINDS, photo_file
@@ -152,10 +153,7 @@ def main(argv: list[str]) -> int:
     if above_idle > TARGET_MEMORY_MB:
         lines.append(f"WARNING: {above_idle:,.0f} MB above idle, more than the target of {TARGET_MEMORY_MB:,} MB")
     lines.append(f"app_vs_plain={ratio:.2f} app_images_per_s={rate['app']:.0f} memory_above_idle_mb={above_idle:.0f}")
-    text = "\n".join(lines)
-    print(text)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text + "\n")
+    save(lines, args.results)
     return 0
 
 

@@ -23,6 +23,7 @@ import torch
 from app import exports, quantization
 from app.model_files import build_model
 from app.profile import parameter_count
+from bench.output import save
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -89,9 +90,7 @@ def main(argv: list[str]) -> int:
             "int8 step: quantization, test check and latency measurement, as at the end of a run\n"
             + " ".join(f"size_ratio_{Path(row['student']).stem}="
                        f"{row['int8']['size_bytes'] / row['int8']['float_onnx']['size_bytes']:.2f}" for row in rows))
-    print(text)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text + "\n")
+    save(text.split("\n"), args.results)
     return 0
 
 

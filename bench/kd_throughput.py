@@ -40,6 +40,7 @@ from app.losses import kd_loss
 from app.model_files import build_model
 from app.profile import parameter_count
 from app.training import compute_logits, train_local
+from bench.output import save
 from scripts.devdata.args import positive_int
 from scripts.devdata.idx import DEFAULT_MNIST, idx_file, read_idx
 
@@ -262,10 +263,7 @@ def main(argv: list[str] | None = None) -> None:
               f"teacher {TEACHER_FILE.name}, student {STUDENT_FILE.name}"]
     lines = report([Measurement(labels[k], seconds[k]) for k in "abc"], len(data), caching_seconds,
                    parameter_count(teacher), parameter_count(student), header)
-    text = "\n".join(lines) + "\n"
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text, end="")
+    save(lines, args.results)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bench.output import save
 from bench.procmem import Sampler
 from scripts.devdata.idx import DEFAULT_MNIST, MNIST_FILES, idx_file, read_idx
 from scripts.devdata.partition import site_indices
@@ -127,10 +128,7 @@ def main(argv: list[str] | None = None) -> None:
               f"sites={','.join(str(r[0]) for r in results)} wall_s={','.join(f'{r[1]:.1f}' for r in results)} "
               f"peak_pss_mb={','.join(f'{r[2] / 2 ** 20:.0f}' for r in results)} "
               f"max_client_private_mb={max(r[3] for r in results) / 2 ** 20:.0f}"]
-    text = "\n".join(lines) + "\n"
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text, end="")
+    save(lines, args.results)
 
 
 if __name__ == "__main__":

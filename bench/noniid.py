@@ -38,6 +38,7 @@ from app.model_files import build_model
 from app.weights import load_weights
 from app.site import Site
 from app.training import evaluate
+from bench.output import save
 from scripts.devdata.args import positive_int
 from scripts.devdata.idx import DEFAULT_MNIST, MNIST_FILES, idx_file, read_idx
 from scripts.devdata.partition import site_indices
@@ -306,10 +307,7 @@ def positive_numbers(text: str) -> list[float]:
 def run_script(run: Callable[[argparse.Namespace], list[str]], args: argparse.Namespace) -> None:
     """Set the threads, run, print the lines and write them to ``args.results``."""
     torch.set_num_threads(args.threads)
-    text = "\n".join(run(args)) + "\n"
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text, end="")
+    save(run(args), args.results)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,7 @@ from app.aggregation import flatten, to_arrays
 from app.model_files import build_model
 from app.profile import parameter_count
 from app.transport import Wire
+from bench.output import save
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "payloads.txt"
@@ -147,10 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "before: the float64 .tolist() JSON the SMPC and DP paths sent until now; its decode is the engine's "
                   "json.loads and numpy of one site's vector (an SMPC sum has the same size)",
               " ".join(f"{name}={value:.2f}" for name, value in ratios.items())]
-    text = "\n".join(lines) + "\n"
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text, end="")
+    save(lines, args.results)
 
 
 if __name__ == "__main__":

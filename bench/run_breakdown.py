@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from bench.output import save
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "run_breakdown.txt"
 TARGETS = {"wall_vs_plain_loop": 1.0, "round_overhead_share": 0.15, "write_results_share": 0.08}
@@ -152,10 +153,7 @@ def main(argv: list[str] | None = None) -> None:
               f"sites: {', '.join(timings)} (coordinator {coordinator}); query interval {args.query_interval:g} s; "
               f"plain loop's student.pt {'identical to' if same else 'differs from'} the federation's"]
     lines = report(launched, wall, timings, plain, plain_output, coordinator, header)
-    text = "\n".join(lines) + "\n"
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(text, end="")
+    save(lines, args.results)
 
 
 if __name__ == "__main__":
