@@ -33,7 +33,25 @@ def agree_classes(surveys: list[dict], configured: list[str] | None) -> list[str
             f"site {folder_sites[0]['site']} reads image folders, whose labels are their folder names, and site "
             f"{array_sites[0]} reads arrays, whose labels are numbers: which number is which folder is unknown. "
             "Set classes in config.yml to the class names in the order of the array labels (label 0 first).")
+    _refuse_near_twins(folder_sites)
     return order_classes({name for survey in folder_sites for name in survey["classes"]})
+
+
+def _refuse_near_twins(surveys: list[dict]) -> None:
+    """Folder names that differ only in letter case, surrounding spaces or an integer's leading zeros
+    ('Cat' and 'cat', '1' and '01') would become two classes, each site lacking the other's: almost
+    surely one class spelled two ways, whose labels would be split silently."""
+    seen: dict[str, tuple[str, str]] = {}   # spelling-free key -> (name, site)
+    for survey in surveys:
+        for name in survey["classes"]:
+            stripped = name.strip()
+            key = str(int(stripped)) if stripped.isdigit() else stripped.casefold()
+            other, site = seen.setdefault(key, (name, survey["site"]))
+            if other != name:
+                raise FederationError(
+                    f"site {site} has class folder '{other}' and site {survey['site']} has '{name}': they differ "
+                    "only in letter case, spaces or leading zeros, so they would be two classes. Rename one so "
+                    "both sites spell the class the same, or list the classes in config.yml (classes: [...]).")
 
 
 def agree_channels(surveys: list[dict], configured: int | None) -> int | None:

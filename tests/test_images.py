@@ -174,6 +174,16 @@ def test_the_class_list_is_the_union_or_the_configured_one():
         agree_classes(surveys + [survey("c", arrays=True)], None)
 
 
+@pytest.mark.parametrize("theirs", ["01", "Cat", "cat "])
+def test_one_class_spelled_two_ways_is_refused_not_split_in_two(theirs):
+    ours = "1" if theirs == "01" else "cat"
+    surveys = [survey("a", [ours, "dog"]), survey("b", [theirs, "dog"])]
+    with pytest.raises(FederationError, match=f"site a has class folder '{ours}' and site b has '{theirs}'.*Rename"):
+        agree_classes(surveys, None)
+    distinct = [survey("a", ["1", "10", "dog"]), survey("b", ["1", "Dog2"])]
+    assert agree_classes(distinct, None) == ["1", "10", "Dog2", "dog"]
+
+
 def test_train_and_test_folders_share_one_class_list(tmp_path):
     image_folders(tmp_path, n_train=60, n_test=40, lacking=(3,))
     save(Image.new("L", (28, 28)), tmp_path / "train" / "3" / "x.png")   # only the training set has a 3
