@@ -36,7 +36,8 @@ def dry_run(model: nn.Module, images: torch.Tensor, key: str) -> torch.Tensor:
             f"{line_in(model_path(model), error)}. Make Model accept images of shape "
             f"[batch, {', '.join(map(str, shape[1:]))}] "
             "(check the first layer's input channels and the in_features of the first Linear layer "
-            "after flattening).") from error
+            "after flattening), or, for image folders, set image_size and channels in config.yml to what "
+            "Model was built for.") from error
     finally:
         model.train(was_training)
     _check_logits(output, shape[0], where)

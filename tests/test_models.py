@@ -438,6 +438,7 @@ def test_forward_raising_names_error_input_shape_and_line(tmp_path):
     assert "RuntimeError" in message and "mat1 and mat2" in message
     assert "line 12" in message and "return self.fc(x.flatten(1))" in message
     assert "[batch, 1, 3, 3]" in message
+    assert "set image_size and channels in config.yml" in message
 
 
 @pytest.mark.parametrize("body, expected", [
