@@ -33,6 +33,7 @@ from testbed.sites import ClientFolders, UsageError, check_arguments, prepare_si
 SETUP_SLEEP = 1.0   # the engine's POST /setup handler sleeps this long before answering
 WEB_TIMEOUT = 1.0   # the state name in failure messages is a nicety: never wait long for it
 # Until a container's app listens, nginx logs one "connect() failed" line per poll: a few are plenty.
+# A launcher may ask for another interval (``start_poll``): a forked local client listens within ~0.1 s.
 START_POLL = 0.25
 # A container's output reaches `docker logs` through supervisord, sometimes after its status says error:
 # wait this long for the app's own message before falling back to the engine's exception name.
@@ -266,7 +267,7 @@ class _Federation:
                 raise SiteFailure(client.id, f"did not answer GET /status within {self.timeouts.start:g} s "
                                              f"of starting; last lines of {client.site.log_path}:\n"
                                              f"{tail(client.handle.log_text())}")
-            time.sleep(START_POLL)
+            time.sleep(getattr(self.launcher, "start_poll", START_POLL))
 
     def _setup(self) -> None:
         """POST /setup to all clients at once (each answer takes the engine a second)."""

@@ -42,6 +42,10 @@ PR_SET_PDEATHSIG = 1
 
 
 def main(entry: Path) -> None:
+    # The preloaded modules create some 400,000 objects and next to no garbage (under a hundred
+    # objects): the collections that many allocations trigger were a fifth of the imports' time,
+    # and a last collection before the freeze found nothing worth its 0.3 s. Clients collect again.
+    gc.disable()
     os.chdir(entry.parent)
     sys.path[0] = str(entry.parent)
     for module in _preload(entry):
@@ -49,7 +53,6 @@ def main(entry: Path) -> None:
             importlib.import_module(module)
         except Exception:  # noqa: BLE001 — the client imports it again and reports the failure in its own log
             pass
-    gc.collect()
     gc.freeze()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -66,8 +69,9 @@ def main(entry: Path) -> None:
             _report_exits(out)
         if 0 in readable:
             chunk = os.read(0, 65536)
-            if not chunk:
-                return
+            if not chunk:   # no more clients: exit without tearing down torch's modules (0.3-0.6 s)
+                out.flush()
+                os._exit(0)
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
                 pid = os.fork()
@@ -106,6 +110,7 @@ def _client(entry: Path, request: dict, server_fds: list[int]) -> None:
     """In the fork: become the client the request describes; never returns."""
     code = 1
     try:
+        gc.enable()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for fd in server_fds:

@@ -168,6 +168,8 @@ class LocalProcessLauncher:
     `TESTBED_PRELOAD` names once for all of them: they share those pages, and start in milliseconds.
     Variables read only when an interpreter starts (PYTHON*, MALLOC_*) take the controller's values."""
 
+    start_poll = 0.02   # seconds between the controller's GET /status until a client answers (it forks in ms)
+
     def __init__(self, entry: Path, python: str = sys.executable,
                  engine_waits: dict[str, str] | None = None):
         self.entry = entry.resolve()
