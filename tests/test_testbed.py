@@ -137,7 +137,7 @@ def test_plain_federation_every_client_gets_every_round_sum(tmp_path, numbers):
         assert {"config.yml", "number.txt", "shared/note.txt"} <= set(inputs)
         assert json.loads((federation.output / site / "environment.json").read_text()) == {
             "FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "0.5", "FC_DATA_POLL_INTERVAL": "0.02",
-            "KD_NUM_THREADS": str(max(1, os.cpu_count() // len(numbers))), "TOY_MARK": "extra"}
+            "KD_NUM_THREADS": str(max(1, os.cpu_count() // len(numbers))), "TOY_MARK": "extra", "gc_enabled": True}
         assert result.logs[site] == federation.output / f"{site}.log"
         assert "[CTRL] POST /setup" in result.logs[site].read_text()
     participants = ids[1:]

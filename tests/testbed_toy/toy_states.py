@@ -13,10 +13,12 @@
 
 Each client reads its number from `number.txt` and writes `input_files.txt` (its
 input dir's files), `environment.json` (the variables the test-bed sets) and
-`round<r>.json` (the sum it received in round r).
+`round<r>.json` (the sum it received in round r); `environment.json` also says whether the
+client's garbage collector runs (the fork server imports with it off).
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -51,7 +53,8 @@ class Initial(AppState):
                        for folder, _, names in os.walk(FOLDERS["input"], followlinks=True) for name in names)
         write_atomically(FOLDERS["output"] / "input_files.txt", "\n".join(files))
         write_atomically(FOLDERS["output"] / "environment.json",
-                         json.dumps({name: os.environ.get(name) for name in REPORTED_ENVIRONMENT}))
+                         json.dumps({**{name: os.environ.get(name) for name in REPORTED_ENVIRONMENT},
+                                     "gc_enabled": gc.isenabled()}))
         if config.get("pid_dir"):
             write_atomically(Path(config["pid_dir"]) / f"{self.id}.pid", str(os.getpid()))
         exchange = config.get("exchange", "plain")
