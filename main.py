@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -18,13 +19,15 @@ from pathlib import Path
 # is queued behind all of its outgoing data (README, "Platform waits"). So the app runs with these,
 # in the container too.
 APP_ENGINE_WAITS = {"TRANSITION_WAIT": 0.05, "TERMINAL_WAIT": 0.1, "DATA_POLL_INTERVAL": 0.02}
-# The local test-bed's fork server imports these once and forks every client from it, so the clients share
-# them (torch alone is 280 MB of private memory per process with PyPI's CUDA build) and start at once.
-# torch._dynamo (with sympy, 900 modules, 70 MB) is what torch.optim imports on its first optimizer;
-# the exports and the TensorBoard writer import the rest when the outputs are written. Not onnxruntime:
-# importing it starts a thread, which a fork would not copy (numpy's OpenBLAS threads restart after one).
-TESTBED_PRELOAD = ("states", "web.server", "FeatureCloud.app.api.http_ctrl", "bottle", "torch._dynamo",
-                   "torch.onnx", "onnx", "torch.utils.tensorboard", "PIL.PngImagePlugin")
+# What a site imports during a run besides what serving needs: torch._dynamo (with sympy, 900 modules, 70 MB)
+# is what torch.optim imports on its first optimizer; the exports and the TensorBoard writer import the rest
+# when the outputs are written. The local test-bed's fork server imports these once and forks every client
+# from it, so the clients share them (torch alone is 280 MB of private memory per process with PyPI's CUDA
+# build) and start at once. A container imports them while it waits for the controller (`serve`). Not
+# onnxruntime: importing it starts a thread, which a fork would not copy (numpy's OpenBLAS threads restart
+# after one).
+PRELOAD = ("states", "web.server", "FeatureCloud.app.api.http_ctrl", "bottle", "torch._dynamo",
+           "torch.onnx", "onnx", "torch.utils.tensorboard", "PIL.PngImagePlugin")
 # `serve` (a local launcher's client) also takes them from these variables.
 ENGINE_WAIT_VARIABLES = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_WAIT": "TERMINAL_WAIT",
                          "FC_DATA_POLL_INTERVAL": "DATA_POLL_INTERVAL"}
@@ -57,10 +60,50 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
     board = StatusBoard()   # what this site's /web page shows
     register_states(engine.app, Folders(input_dir or container.input_dir, output_dir or container.output_dir), board)
     engine.app.register()
+    _preload_before_first_state(engine.app)
     server = Bottle()
     server.mount("/api", serialized(api_server, threading.Lock()))
     server.mount("/web", web_app(board).wsgi)   # also answers /web without the slash
     server.run(server=ThreadedServer(host=host, port=port), quiet=True)
+
+
+def _preload_before_first_state(app) -> None:
+    """Import PRELOAD in the background from now on, and start the state machine (which the controller's
+    POST /setup starts) only once that is done.
+
+    In a container nothing else is imported before it: torch._dynamo alone took 2-6 s there, in the first
+    round, while the other sites waited for this one's update. Imported now, it overlaps the wait for the
+    controller's POST /setup and that handler's own one-second sleep. The first state waits for it rather
+    than importing beside it: two threads importing the same modules at once can deadlock. A client forked
+    by the local test-bed has all of them already, and a failed import is left to the state that needs the
+    module, which reports it."""
+    import threading
+    import time
+
+    def preload() -> None:
+        started = time.monotonic()
+        for module in PRELOAD:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 — imported again where it is used, and reported there
+                pass
+        timings["imported"] = time.monotonic() - started
+
+    def run_after_preload() -> None:
+        waited = time.monotonic()
+        loading.join()
+        waited = time.monotonic() - waited
+        if timings["imported"] > 0.5:   # a container (a forked local client has them: nothing to say)
+            print(f"[KD] start-up imports took {timings['imported']:.1f} s in the background; the first state "
+                  f"waited {waited:.1f} s for them", flush=True)
+        state_machine()
+
+    timings = {"imported": 0.0}
+    loading = threading.Thread(target=preload, name="preload", daemon=True)
+    loading.start()
+    # handle_setup starts its thread on `app.guarded_run`, looked up at that moment.
+    state_machine = app.guarded_run
+    app.guarded_run = run_after_preload
 
 
 def main(argv: list[str]) -> int:

@@ -203,16 +203,18 @@ class _Federation:
 
     def run(self, env: dict[str, str], started: float, hold: Hold | None = None) -> SiteFailure | None:
         self.started = started
+        finished = False
         try:
             failure = self._run(env)
             self.ended = time.monotonic()
-            if failure is None and hold is not None:
+            finished = failure is None
+            if finished and hold is not None:
                 hold({client.id: page_url(client.handle) for client in self.clients.values()})
             return failure
         finally:
             # A second Ctrl-C must not leave clients behind.
             with _signal_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
-                stop_all(self.handles, self.timeouts.stop_grace)
+                stop_all(self.handles, self.timeouts.stop_grace, finished=finished)
                 self.launcher.close()
 
     def _run(self, env: dict[str, str]) -> SiteFailure | None:
@@ -230,12 +232,15 @@ class _Federation:
             return SiteFailure(None, "interrupted (SIGTERM)")
 
     def _start(self, env: dict[str, str]) -> None:
-        # One after the other, from this thread: launchers start helper processes that die with the
-        # thread that started them (PR_SET_PDEATHSIG), so a worker thread would take them along.
+        # The launcher begins them side by side (prepare); `start` completes them one after the other, from
+        # this thread: launchers start helper processes that die with the thread that started them
+        # (PR_SET_PDEATHSIG), so a worker thread would take them along.
         roles = ", ".join(f"{s.id} (coordinator)" if s.coordinator else s.id for s in self.sites)
         self._say(f"starting {roles}; logs: {', '.join(str(site.log_path) for site in self.sites)}")
-        for site in self.sites:
-            spec = ClientSpec(site.id, site.input_dir, site.output_dir, site.log_path, env, site.sources)
+        specs = [ClientSpec(site.id, site.input_dir, site.output_dir, site.log_path, env, site.sources)
+                 for site in self.sites]
+        self.launcher.prepare(specs)
+        for site, spec in zip(self.sites, specs):
             try:
                 handle = self.launcher.start(spec)
             except LaunchError as error:

@@ -3,7 +3,7 @@
     python forkserver.py ENTRY
 
 imports ENTRY as a module (not as `__main__`, so it only defines things) and then the
-modules its `TESTBED_PRELOAD` names, if any, with ENTRY's folder as working folder and
+modules its `PRELOAD` names, if any, with ENTRY's folder as working folder and
 first import path (as `python ENTRY` would have); freezes what it imported out of the
 garbage collector's reach (so the children's collections do not copy those pages); writes
 `ready`; and then reads one JSON request per line on stdin:
@@ -83,14 +83,14 @@ def main(entry: Path) -> None:
 
 
 def _preload(entry: Path) -> list[str]:
-    """The modules the entry script names in TESTBED_PRELOAD (none if it cannot even be imported)."""
+    """The modules the entry script names in PRELOAD (none if it cannot even be imported)."""
     spec = importlib.util.spec_from_file_location("_testbed_entry", entry)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except BaseException:  # noqa: BLE001 — a broken entry fails in the client, with its own log
         return []
-    return list(getattr(module, "TESTBED_PRELOAD", ()))
+    return list(getattr(module, "PRELOAD", ()))
 
 
 def _report_exits(out) -> None:

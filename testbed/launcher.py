@@ -80,11 +80,15 @@ class ClientHandle(Protocol):
 class Launcher(Protocol):
     """Starts clients; every client it started must be stopped with `stop_all`, then the launcher closed."""
 
+    def prepare(self, specs: list[ClientSpec]) -> None:
+        """Begin starting these clients side by side, if the launcher can; `start` then completes each one."""
+
     def start(self, spec: ClientSpec) -> ClientHandle:
         ...
 
     def close(self) -> None:
-        """Release what the launcher holds for its clients (they are stopped already)."""
+        """Release what the launcher holds for its clients (they are stopped already), including clients
+        prepared but never started."""
 
 
 def page_url(handle: ClientHandle) -> str | None:
@@ -92,15 +96,19 @@ def page_url(handle: ClientHandle) -> str | None:
     return None if handle.web_url is None else handle.web_url.rstrip("/") + "/"
 
 
-def stop_all(handles: list[ClientHandle], grace: float) -> None:
+def stop_all(handles: list[ClientHandle], grace: float, *, finished: bool = False) -> None:
     """Terminate every client, give them `grace` seconds together, then kill whatever is left and reap it.
+    Clients that have all `finished` (their outputs are written, their last messages delivered) are
+    killed at once: nothing of theirs is left to save, and a container's own shutdown after a SIGTERM
+    takes up to two seconds (supervisord stops its programs on a one-second tick).
     The clients are stopped side by side: stopping a container takes a few docker calls."""
     if not handles:
         return
     with ThreadPoolExecutor(len(handles)) as pool:
-        list(pool.map(lambda handle: handle.terminate(), handles))
-        deadline = time.monotonic() + grace
-        list(pool.map(lambda handle: handle.wait(max(0.0, deadline - time.monotonic())), handles))
+        if not finished:
+            list(pool.map(lambda handle: handle.terminate(), handles))
+            deadline = time.monotonic() + grace
+            list(pool.map(lambda handle: handle.wait(max(0.0, deadline - time.monotonic())), handles))
         # kill() also reaches helper processes a client may have left in its group
         list(pool.map(lambda handle: (handle.kill(), handle.wait(grace)), handles))
 
@@ -165,7 +173,7 @@ class LocalProcessLauncher:
     waits shortened (`engine_waits`, environment variables the entry applies; a spec's env wins).
 
     The clients are forked by a fork server (forkserver.py) that has imported the modules the entry's
-    `TESTBED_PRELOAD` names once for all of them: they share those pages, and start in milliseconds.
+    `PRELOAD` names once for all of them: they share those pages, and start in milliseconds.
     Variables read only when an interpreter starts (PYTHON*, MALLOC_*) take the controller's values."""
 
     start_poll = 0.02   # seconds between the controller's GET /status until a client answers (it forks in ms)
@@ -178,6 +186,9 @@ class LocalProcessLauncher:
         self._ports: set[int] = set()
         self._server: ForkServer | None = None
         self._lock = threading.Lock()
+
+    def prepare(self, specs: list[ClientSpec]) -> None:
+        """Nothing to begin: a fork takes milliseconds once the fork server runs (the first `start` starts it)."""
 
     def start(self, spec: ClientSpec) -> LocalClient:
         with self._lock:

@@ -27,7 +27,7 @@ import yaml
 from testbed.cli import CONTAINER_START_TIMEOUT, main as simulate
 from testbed.controller import FederationResult, Timeouts, run_federation
 from testbed.docker import LABEL, ContainerClient, DockerLauncher
-from testbed.launcher import ClientSpec
+from testbed.launcher import ClientSpec, LaunchError
 from scripts.check_outputs import problems
 from tests.conftest import REPO, SAMPLE, SECTION
 from tests.test_docker import IMAGE, docker, why_no_docker
@@ -250,6 +250,28 @@ def test_an_exception_in_the_controller_removes_every_container(tmp_path, small_
     launcher = DockerLauncher(IMAGE)
     with pytest.raises(RuntimeError, match="progress output broke"):
         federate(clients, generic, tmp_path / "out", launcher, BrokenOutput())
+    assert containers(launcher.label) == []
+
+
+@needs_image
+def test_containers_started_side_by_side_are_all_removed_when_one_site_cannot_start(tmp_path, small_federation):
+    """prepare() runs every site's `docker run` at once; a site failing before the others are handed to the
+    controller must not leave their containers behind."""
+    class FirstSiteFails(DockerLauncher):
+        def start(self, spec: ClientSpec) -> ContainerClient:
+            if spec.id == "site1":
+                deadline = time.monotonic() + CONTAINER_START_TIMEOUT
+                while len(containers(self.label)) < 2:   # site2's too, before it is asked to start
+                    assert time.monotonic() < deadline, "prepare() did not run every site's container"
+                    time.sleep(0.1)
+                raise LaunchError("site1 fails on purpose")
+            return super().start(spec)
+
+    generic, clients = small_federation(**QUICK)
+    launcher = FirstSiteFails(IMAGE)
+    result = federate(clients, generic, tmp_path / "out", launcher)
+    assert not result.ok and result.failed_site == "site1"
+    assert result.message == "site site1: site1 fails on purpose"
     assert containers(launcher.label) == []
 
 
