@@ -33,7 +33,9 @@ from app import checkpoint, cv_summary, files
 from app.report import render_cv_report
 from app.config import KDConfig, effective_document, load_config, read_document
 from app.errors import ConfigError, DataError, FederationError, KDError
-from app.results import export_student, federation_summary, finish_outputs, prepare_outputs, site_summary
+from app.idle import IdleTime
+from app.results import (export_student, federation_summary, finish_outputs, measure_teacher, prepare_outputs,
+                         site_summary)
 from app.site import CONFIG_FILE, Site, resolve_input
 from app.training import Evaluation
 from app.transport import Models, Wire
@@ -54,6 +56,7 @@ class Folds:
         self._log = log
         self.log_lines: list[str] = []
         self._segments: list[int] | None = None   # the lengths of the folds' vectors in the last message
+        self.idle = IdleTime()   # while the states wait for the other sites (``IdleTime.waiting``)
 
     @property
     def cross_validation(self) -> bool:
@@ -168,8 +171,11 @@ class Folds:
 
     def prepare_teacher(self) -> Evaluation:
         """Every fold's teacher ready; its evaluation (with folds: mean accuracy and loss over the folds,
-        the confusion matrix of all folds' test files together)."""
+        the confusion matrix of all folds' test files together). The frozen teachers' size and speed are
+        measured from now on in this site's idle time (``idle``), for the outputs."""
         evaluations = list(self._each(lambda fold, site: site.prepare_teacher()).values())
+        for site in self.sites.values():
+            measure_teacher(site, self.idle)
         return evaluations[0] if not self.cross_validation else _mean_evaluation(evaluations)
 
     def train_round(self) -> Any:

@@ -17,6 +17,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from app.idle import ALWAYS, IdleTime
+from app.process_wide import exclusive
+
 # Per measurement: a few ms models run hundreds of times, large ones at least `repeats` times. Three
 # tries of a slow call (the sample teacher's batch of 256 takes 0.1 s) were ten until issue 15: that
 # was a second of every site's writing results.
@@ -54,10 +57,14 @@ class ModelSummary:
 
 
 def summarize(model: nn.Module, sample_shape: tuple[int, ...], large_batch: int = 256,
-              repeats: int = 3) -> ModelSummary:
+              repeats: int = 3, idle: IdleTime = ALWAYS) -> ModelSummary:
     """Size and CPU inference speed of ``model`` on random inputs of ``sample_shape``.
 
     A model living on another device is measured on a CPU copy; its mode is left unchanged.
+    ``idle``: the site's idle time, when the measurement runs in the background while the site waits
+    (each timed run then starts inside a window, and one the window's end cut short is not counted).
+    The inputs come from a generator of their own: a job in the background must not draw from the
+    global one, which the site's training (dropout) uses.
     """
     cpu_model = model if all(t.device.type == "cpu" for t in model.state_dict().values()) \
         else copy.deepcopy(model).cpu()
@@ -65,11 +72,14 @@ def summarize(model: nn.Module, sample_shape: tuple[int, ...], large_batch: int 
     cpu_model.eval()
     try:
         with torch.inference_mode():
-            single = torch.randn(1, *sample_shape)
-            batch = torch.randn(large_batch, *sample_shape)
-            latency_single = _fastest_ms(cpu_model, single, repeats)
-            latency_batch = _fastest_ms(cpu_model, batch, repeats) / large_batch
-            peak = _peak_forward_memory(cpu_model, batch)
+            generator = torch.Generator().manual_seed(0)
+            single = torch.randn(1, *sample_shape, generator=generator)
+            batch = torch.randn(large_batch, *sample_shape, generator=generator)
+            latency_single = _fastest_ms(cpu_model, single, repeats, idle)
+            latency_batch = _fastest_ms(cpu_model, batch, repeats, idle) / large_batch
+            # The profiler records every thread: the site's own work must not run meanwhile.
+            with idle.whole(), exclusive():
+                peak = _peak_forward_memory(cpu_model, batch)
     finally:
         cpu_model.train(was_training)
     return ModelSummary(parameters=parameter_count(model), size_bytes=serialized_size(model),
@@ -77,12 +87,12 @@ def summarize(model: nn.Module, sample_shape: tuple[int, ...], large_batch: int 
                         large_batch=large_batch, peak_memory_bytes=peak)
 
 
-def _fastest_ms(model: nn.Module, inputs: torch.Tensor, repeats: int) -> float:
-    return fastest_ms({"model": lambda: model(inputs)}, repeats)["model"]
+def _fastest_ms(model: nn.Module, inputs: torch.Tensor, repeats: int, idle: IdleTime) -> float:
+    return fastest_ms({"model": lambda: model(inputs)}, repeats, idle=idle)["model"]
 
 
 def fastest_ms(runs: dict[str, Callable[[], object]], repeats: int, budget_s: float = LATENCY_BUDGET_S,
-               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+               clock: Callable[[], float] = time.perf_counter, idle: IdleTime = ALWAYS) -> dict[str, float]:
     """Milliseconds of the fastest of repeated calls of each run, the runs taking turns.
 
     The fastest run is the model's own cost; slower runs measure whatever else shares the
@@ -92,9 +102,10 @@ def fastest_ms(runs: dict[str, Callable[[], object]], repeats: int, budget_s: fl
     a burst of load from elsewhere slows all of them rather than one, and a slow run does not
     leave a fast one only a few tries. ``clock``: wall time by default; single-threaded runs
     can pass ``time.thread_time``, which time given to other programs does not advance.
+    ``idle``: run only in the site's idle time (``summarize``); a run cut short by its end is not counted.
     """
     for run in runs.values():
-        run()   # warm-up: first calls pay for allocation and kernel selection
+        idle.run(run)   # warm-up: first calls pay for allocation and kernel selection
     times: dict[str, list[float]] = {name: [] for name in runs}
     spent = dict.fromkeys(runs, 0.0)
 
@@ -105,11 +116,18 @@ def fastest_ms(runs: dict[str, Callable[[], object]], repeats: int, budget_s: fl
         for name, run in runs.items():
             turn_ends = spent[name] + budget_s / LATENCY_TURNS
             while wanted(name) and spent[name] < turn_ends:
-                started, start = time.perf_counter(), clock()
-                run()
-                times[name].append(clock() - start)
-                spent[name] += time.perf_counter() - started   # the budget is wall time, whatever the clock
+                (took, clocked), intact = idle.run(partial(_timed, run, clock))
+                if intact:
+                    times[name].append(clocked)
+                    spent[name] += took   # the budget is wall time, whatever the clock
     return {name: min(run_times) * 1000 for name, run_times in times.items()}
+
+
+def _timed(run: Callable[[], object], clock: Callable[[], float]) -> tuple[float, float]:
+    """Wall seconds of ``run()`` and what ``clock`` says it took."""
+    started, start = time.perf_counter(), clock()
+    run()
+    return time.perf_counter() - started, clock() - start
 
 
 def onnx_latency(sessions: dict, sample_shape: tuple[int, ...], large_batch: int = 256) -> dict[str, dict]:

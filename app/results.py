@@ -1,8 +1,9 @@
 """Everything a site leaves behind at the end of a run.
 
 ``export_student`` writes the student's model files (with ``quantize`` also the int8
-one, measured against the float one); ``write_outputs`` measures the teacher and the
-final student (accuracy, size, latency, memory), assembles ``metrics.json`` and writes
+one, measured against the float one); ``write_outputs`` measures the final student
+(accuracy, size, latency, memory) and the teacher, unless ``measure_teacher`` had it measured
+while the site waited during the rounds, assembles ``metrics.json`` and writes
 every other file from that one dictionary, so report.md, rounds.csv and the plots
 always agree with it. It is ``prepare_outputs`` (what needs only this site) then
 ``finish_outputs`` (what needs the federation's results too), so the coordinator can do
@@ -16,15 +17,18 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import torch
 
 from app import exports, files, plots, quantization
 from app.event_logs import write_events
+from app.idle import ALWAYS, IdleTime
 from app.config import KDConfig, effective_document, read_document
 from app.memory import release_free_memory
 from app.process_wide import exclusive
@@ -112,19 +116,22 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
     return finish_outputs(site, prepare_outputs(site, exported), federation, publish)
 
 
-@exclusive()
 def prepare_outputs(site: "Site", exported: dict | None = None) -> dict:
     """The outputs that need only this site (measurements, its plots, rounds.csv, config.yml), in
     ``unfinished/``; returns the metrics so far. The coordinator makes these while the other sites
     write theirs, and finishes (``finish_outputs``) once their summaries are in."""
-    out = site.output_dir / files.UNFINISHED
     if exported is None:
         exported = export_student(site)
+    # Outside the process's turn: a teacher measured in the background may need it to finish.
+    return _prepare_outputs(site, exported, teacher_summary(site.teacher, site.train.sample_shape))
+
+
+@exclusive()
+def _prepare_outputs(site: "Site", exported: dict, teacher_size: dict) -> dict:
+    out = site.output_dir / files.UNFINISHED
     config = effective_config(site)
-    # Each step's peak alone, not their sum: the export and int8 calibration, then the teacher's
-    # batch of 256 (~90 MB here, the largest), then the student's.
-    release_free_memory()
-    teacher_size = teacher_summary(site.teacher, site.train.sample_shape)
+    # Each step's peak alone, not their sum: the export and int8 calibration, the teacher's batch of
+    # 256 (~90 MB here, the largest), then the student's.
     release_free_memory()
     student_size = summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
     metrics = {
@@ -177,16 +184,46 @@ def finish_outputs(site: "Site", metrics: dict, federation: list[dict] | None = 
     return metrics
 
 
+def measure_teacher(site: "Site", idle: IdleTime) -> None:
+    """Measure the site's frozen teacher (``teacher_summary``) in the background, in the site's ``idle``
+    time (while it waits for the other sites in the rounds), instead of at the end of the run: its
+    size and speed do not depend on the rounds. ``teacher_summary`` takes the result, and finishes
+    the measurement first if the waits were too short for it."""
+    with _TEACHER_LOCK:
+        measured = _TEACHER_SUMMARIES.setdefault(site.teacher, {})
+        shape = site.train.sample_shape
+        if shape not in measured:
+            teacher = site.teacher
+            measured[shape] = (idle.start(lambda: summarize(teacher, shape, idle=idle).as_dict(),
+                                          name=f"measuring {site.name}'s teacher"), idle)
+
+
 def teacher_summary(teacher: torch.nn.Module, sample_shape: tuple[int, ...]) -> dict:
     """``summarize`` of the teacher, measured once per teacher and image shape: cross-validation folds
-    share one frozen teacher, whose latency would otherwise be measured again for every fold."""
-    measured = _TEACHER_SUMMARIES.setdefault(teacher, {})
-    if sample_shape not in measured:
-        measured[sample_shape] = summarize(teacher, sample_shape).as_dict()
-    return measured[sample_shape]
+    share one frozen teacher, whose latency would otherwise be measured again for every fold. Waits
+    for a measurement ``measure_teacher`` started, letting it run unpaused."""
+    with _TEACHER_LOCK:
+        measured = _TEACHER_SUMMARIES.setdefault(teacher, {})
+        started = measured.get(sample_shape)
+        if started is None:
+            with exclusive():   # sites of one process take turns, as for every output
+                summary = summarize(teacher, sample_shape).as_dict()
+            measured[sample_shape] = (_done(summary), ALWAYS)
+            return summary
+    result, idle = started
+    idle.finish()
+    return result.result()
 
 
+def _done(value: dict) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+# {teacher: {image shape: (Future of its summary, the idle time it is measured in)}}
 _TEACHER_SUMMARIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_TEACHER_LOCK = threading.Lock()
 
 
 def class_names(site: "Site") -> list[str]:

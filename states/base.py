@@ -111,12 +111,14 @@ class KDState(AppState):
         use_dp = wire.dp and noised
         self.send_data_to_coordinator(payload, use_smpc=wire.smpc, use_dp=use_dp, memo=update)
         if self.is_coordinator:
-            received = (self.aggregate_data(use_smpc=True, use_dp=use_dp, memo=update) if wire.smpc
-                        else self.gather_data(use_dp=use_dp, memo=update))
+            with site.idle.waiting():
+                received = (self.aggregate_data(use_smpc=True, use_dp=use_dp, memo=update) if wire.smpc
+                            else self.gather_data(use_dp=use_dp, memo=update))
             if combine is None:   # the models' exchange: plain updates carry each site's summary
                 self.store("summaries", site.summaries(received))
             self.broadcast_data((combine or site.aggregate)(received, len(self.clients)), memo=f"{memo}_global")
-        return self.await_data(memo=f"{memo}_global")
+        with site.idle.waiting():   # the site's measurements in the background may run meanwhile
+            return self.await_data(memo=f"{memo}_global")
 
     def configure_privacy(self) -> None:
         """Hand the config's SMPC and DP settings to the engine.

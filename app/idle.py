@@ -1,0 +1,103 @@
+"""Work a site does while it only waits for the other sites.
+
+In every round a site sends its update and then waits for the global model; the coordinator
+waits for the others' updates. Its CPU is idle then (on a machine it shares with other sites,
+another site is using its own core). Measurements that do not depend on the rounds, such as the
+frozen teacher's size and speed, run in those windows instead of at the end of the run, where
+every site would pay for them on the run's critical path:
+
+    idle = IdleTime()
+    result = idle.start(lambda: summarize(teacher, shape, idle=idle))   # a Future
+    with idle.waiting():        # the states wrap each wait for other sites' data
+        received = wait_for_data()
+    idle.finish()               # when the result is needed: the rest runs now, unpaused
+    result.result()
+
+A job calls ``idle.run(call)`` for each small piece of work (one timed forward pass): the piece
+starts only inside a window, and ``run`` says whether the window lasted until it ended, so a
+timing the site's own work may have slowed down is dropped. ``idle.whole()`` guards a piece that
+must not overlap the site's work at all (a profiler records every thread): the window's end waits
+for it. ``ALWAYS`` is the idle time of code that runs a job at once (no windows, nothing paused).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class IdleTime:
+    """The windows in which one site waits for the others; background jobs run only inside them."""
+
+    def __init__(self, always: bool = False) -> None:
+        self._turn = threading.Condition()
+        self._open = False        # inside a window
+        self._always = always     # after finish(): no more pauses
+        self._closed = 0          # windows closed so far: a piece that saw one close overlapped the site's work
+        self._whole = 0           # pieces running that a window's end must wait for
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """The block only waits for other sites: background pieces may run meanwhile."""
+        with self._turn:
+            self._open = True
+            self._turn.notify_all()
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._open = False
+                self._closed += 1
+                while self._whole:
+                    self._turn.wait()
+
+    def run(self, call: Callable[[], T]) -> tuple[T, bool]:
+        """``call()`` started inside a window; its result, and whether the window lasted until it ended."""
+        with self._turn:
+            self._wait_for_window()
+            closed = self._closed
+        result = call()
+        with self._turn:
+            return result, self._closed == closed
+
+    @contextmanager
+    def whole(self) -> Iterator[None]:
+        """Run the block inside a window; the window does not end before the block does."""
+        with self._turn:
+            self._wait_for_window()
+            self._whole += 1
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._whole -= 1
+                self._turn.notify_all()
+
+    def start(self, job: Callable[[], T], name: str = "idle-time job") -> "Future[T]":
+        """Run ``job`` in a background thread (it paces itself with ``run``/``whole``); its Future."""
+        future: Future[T] = Future()
+
+        def body() -> None:
+            try:
+                future.set_result(job())
+            except BaseException as error:  # noqa: BLE001 — handed to whoever asks for the result
+                future.set_exception(error)
+        threading.Thread(target=body, name=name, daemon=True).start()
+        return future
+
+    def finish(self) -> None:
+        """From now on every piece runs at once: call it when a job's result is needed now."""
+        with self._turn:
+            self._always = True
+            self._turn.notify_all()
+
+    def _wait_for_window(self) -> None:
+        while not (self._open or self._always):
+            self._turn.wait()
+
+
+ALWAYS = IdleTime(always=True)

@@ -1,0 +1,107 @@
+"""A site's idle time: background measurements run only while the site waits for the others."""
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from app import results
+from app.idle import IdleTime
+from app.profile import summarize
+
+SHORT = 0.05   # long enough for a background thread to get going, on a busy machine too
+
+
+def test_a_job_runs_only_inside_windows():
+    idle, pieces = IdleTime(), []
+
+    def job() -> None:
+        for _ in range(3):
+            idle.run(lambda: pieces.append(time.monotonic()))
+    done = idle.start(job)
+    time.sleep(SHORT)
+    assert pieces == [] and not done.done()   # no window yet: nothing ran
+    with idle.waiting():
+        done.result(timeout=10)
+    assert len(pieces) == 3
+
+
+def test_a_piece_the_end_of_a_window_cut_short_is_reported():
+    idle, started, release = IdleTime(), threading.Event(), threading.Event()
+
+    def piece() -> str:
+        started.set()
+        release.wait(10)
+        return "ran"
+    with idle.waiting():
+        done = idle.start(lambda: idle.run(piece))
+        assert started.wait(10)
+    release.set()   # the window ended while the piece ran: the site's own work may have slowed it
+    assert done.result(timeout=10) == ("ran", False)
+    with idle.waiting():
+        assert idle.start(lambda: idle.run(lambda: "ran")).result(timeout=10) == ("ran", True)
+
+
+def test_the_end_of_a_window_waits_for_a_whole_piece():
+    idle, inside, ended = IdleTime(), threading.Event(), []
+
+    def job() -> None:
+        with idle.whole():
+            inside.set()
+            time.sleep(SHORT)
+            ended.append(time.monotonic())
+    with idle.waiting():
+        idle.start(job)
+        assert inside.wait(10)
+    assert ended   # the window closed only after the piece
+
+
+def test_finish_lets_a_job_run_without_windows():
+    idle = IdleTime()
+    done = idle.start(lambda: [idle.run(lambda: index)[0] for index in range(3)])
+    idle.finish()
+    assert done.result(timeout=10) == [0, 1, 2]
+
+
+def test_a_background_measurement_leaves_the_global_random_generator_alone():
+    """The site trains (dropout draws from torch's global generator) while its teacher is measured."""
+    model = nn.Linear(4, 2)
+    before = torch.get_rng_state()
+    summarize(model, (4,), large_batch=8, repeats=1)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_the_teacher_is_measured_in_the_waits_and_its_result_used_at_the_end(monkeypatch):
+    calls = []
+    real = results.summarize
+    monkeypatch.setattr(results, "summarize", lambda *args, **kwargs: calls.append(kwargs) or real(*args, **kwargs))
+    teacher, idle = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), IdleTime()
+    site = SimpleNamespace(name="c1", teacher=teacher, train=SimpleNamespace(sample_shape=(1, 4, 4)))
+    results.measure_teacher(site, idle)
+    results.measure_teacher(site, idle)   # a second fold sharing the teacher: measured once
+    future, _ = results._TEACHER_SUMMARIES[teacher][(1, 4, 4)]
+    time.sleep(SHORT)
+    assert not future.done()   # no window yet
+    with idle.waiting():
+        summary = future.result(timeout=30)
+    assert summary == results.teacher_summary(teacher, (1, 4, 4))
+    assert summary["parameters"] == 51 and len(calls) == 1 and calls[0]["idle"] is idle
+
+
+def test_a_teacher_measurement_the_waits_did_not_finish_completes_when_needed():
+    teacher, idle = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), IdleTime()
+    results.measure_teacher(SimpleNamespace(name="c1", teacher=teacher, train=SimpleNamespace(sample_shape=(1, 4, 4))),
+                            idle)
+    assert results.teacher_summary(teacher, (1, 4, 4))["parameters"] == 51   # no window ever opened
+
+
+def test_a_failing_background_measurement_fails_where_its_result_is_taken():
+    teacher, idle = nn.Linear(3, 2), IdleTime()   # takes 3 features: (1, 4, 4) images cannot pass
+    results.measure_teacher(SimpleNamespace(name="c1", teacher=teacher, train=SimpleNamespace(sample_shape=(1, 4, 4))),
+                            idle)
+    with pytest.raises(RuntimeError):
+        results.teacher_summary(teacher, (1, 4, 4))
