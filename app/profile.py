@@ -20,15 +20,19 @@ from torch.profiler import ProfilerActivity, profile
 from app.idle import ALWAYS, IdleTime
 from app.process_wide import exclusive
 
-# Per measurement: a few ms models run hundreds of times, large ones at least `repeats` times. Three
-# tries of a slow call (the sample teacher's batch of 256 takes 0.1 s) were ten until issue 15: that
-# was a second of every site's writing results.
+# Per measurement timed in wall time: a few ms models run hundreds of times, large ones at least
+# `repeats` times, to find moments when the CPU is free. Three tries of a slow call (the sample
+# teacher's batch of 256 takes 0.1 s) were ten until issue 15: that was a second of every site's
+# writing results.
 LATENCY_BUDGET_S = 0.2
+# Per measurement timed in the CPU time of the one thread doing the work (onnxruntime sessions of one
+# thread, torch with one thread, as every local test-bed site on 2 cores): other programs do not
+# inflate it, so a few runs suffice. Measured under load 7 on 2 cores (sample student and teacher,
+# both batch sizes): the fastest of 0.03 s of runs matched that of 0.1 s within the runs' spread,
+# while batch 256 in wall time read 1.7-1.9x slower. It is paid at the end of every run.
+CPU_TIME_BUDGET_S = 0.03
 LATENCY_MAX_RUNS = 2000
 LATENCY_TURNS = 10        # models measured together take turns of a tenth of their budget
-# onnxruntime models are compared two at a time (float and int8 take turns), on a smaller
-# budget per model: it is paid at the end of every run, on top of the measurements above.
-ONNX_LATENCY_BUDGET_S = 0.1
 ONNX_LATENCY_REPEATS = 3
 
 
@@ -61,6 +65,8 @@ def summarize(model: nn.Module, sample_shape: tuple[int, ...], large_batch: int 
     """Size and CPU inference speed of ``model`` on random inputs of ``sample_shape``.
 
     A model living on another device is measured on a CPU copy; its mode is left unchanged.
+    With torch on one thread, latencies are timed in that thread's CPU time (``CPU_TIME_BUDGET_S``),
+    else in wall time (``LATENCY_BUDGET_S``).
     ``idle``: the site's idle time, when the measurement runs in the background while the site waits
     (each timed run then starts inside a window, and one the window's end cut short is not counted).
     The inputs come from a generator of their own: a job in the background must not draw from the
@@ -88,6 +94,9 @@ def summarize(model: nn.Module, sample_shape: tuple[int, ...], large_batch: int 
 
 
 def _fastest_ms(model: nn.Module, inputs: torch.Tensor, repeats: int, idle: IdleTime) -> float:
+    if torch.get_num_threads() == 1:   # every operation runs in the calling thread
+        return fastest_ms({"model": lambda: model(inputs)}, repeats, CPU_TIME_BUDGET_S, time.thread_time,
+                          idle=idle)["model"]
     return fastest_ms({"model": lambda: model(inputs)}, repeats, idle=idle)["model"]
 
 
@@ -143,7 +152,7 @@ def onnx_latency(sessions: dict, sample_shape: tuple[int, ...], large_batch: int
         inputs = generator.random((batch, *sample_shape), dtype=np.float32)
         runs = {name: partial(session.run, None, {session.get_inputs()[0].name: inputs})
                 for name, session in sessions.items()}
-        for name, ms in fastest_ms(runs, ONNX_LATENCY_REPEATS, ONNX_LATENCY_BUDGET_S, time.thread_time).items():
+        for name, ms in fastest_ms(runs, ONNX_LATENCY_REPEATS, CPU_TIME_BUDGET_S, time.thread_time).items():
             result[name][key] = ms / batch
     return result
 
