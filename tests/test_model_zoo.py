@@ -100,6 +100,27 @@ def test_gap_student_costs_about_a_million_multiply_adds_at_32_pixels():
     assert 0.95e6 <= multiply_adds(build("gap_cnn_student.py"), (3, 32, 32)) <= 1.05e6   # models/README.md
 
 
+def receptive_field(model: torch.nn.Module, size: int) -> tuple[int, int]:
+    """Height and width of the input pixels the centre feature before the global pooling depends on.
+    Weights made positive and a positive input keep every ReLU open, so the gradient reaches each of them."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.abs_()
+    image = torch.ones(1, 3, size, size, requires_grad=True)
+    features = model.eval().features[:-2](image)   # before AdaptiveAvgPool2d and Flatten
+    features[0, :, features.shape[2] // 2, features.shape[3] // 2].sum().backward()
+    rows, columns = image.grad[0].abs().sum(dim=0).nonzero().unbind(dim=1)
+    return int(rows.max() - rows.min() + 1), int(columns.max() - columns.min() + 1)
+
+
+@pytest.mark.parametrize("stages", [4, 5])
+def test_gap_student_sees_as_far_as_its_docstring_says(stages):
+    """2^(stages + 1) - 1 pixels: 31 by default, 63 with the 5 stages a 64-px image needs."""
+    model = build("gap_cnn_student.py", stages=stages)
+    assert receptive_field(model, 160) == (2 ** (stages + 1) - 1,) * 2
+    assert model.classifier.in_features == 16 * 2 ** (stages - 1)
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_arguments_match_docstring_and_all_have_defaults(name):
     model_class = type(build(name))
