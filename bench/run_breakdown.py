@@ -54,13 +54,15 @@ def timed(command: list[str]) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def federation(sample_dir: Path, out: Path, query_interval: float) -> tuple[float, float, dict[str, dict]]:
-    """Run the quick start; returns its launch time (epoch), its wall seconds and each site's timings."""
+def federation(sample_dir: Path, out: Path, query_interval: float,
+               options: tuple[str, ...] = ()) -> tuple[float, float, dict[str, dict]]:
+    """Run the quick start (with more `simulate` options, if given); returns its launch time (epoch), its wall
+    seconds and each site's timings."""
     sites = sorted(path for path in sample_dir.iterdir() if path.is_dir() and path.name != "generic")
     launched = time.time()
     wall, _ = timed([sys.executable, "main.py", "simulate", "--client-dirs", ",".join(map(str, sites)),
                      "--generic-dir", str(sample_dir / "generic"), "--output-dir", str(out),
-                     "--query-interval", str(query_interval)])
+                     "--query-interval", str(query_interval), *options])
     timings = {site.name: json.loads((out / site.name / "metrics.json").read_text())["timings"] for site in sites}
     return launched, wall, timings
 
@@ -88,9 +90,9 @@ def report(launched: float, wall: float, timings: dict[str, dict], plain: float,
     rows = {site: site_rows(launched, wall, t) for site, t in timings.items()}
     names = list(rows)
     lines = [*header, "", f"{'phase (seconds)':<28}" + "".join(f"{n:>10}" for n in names)]
-    compact = _compact(rows)
-    for phase in compact[names[0]]:
-        lines.append(f"{phase:<28}" + "".join(f"{compact[n][phase]:>10.2f}" for n in names))
+    summed = compact(rows)
+    for phase in summed[names[0]]:
+        lines.append(f"{phase:<28}" + "".join(f"{summed[n][phase]:>10.2f}" for n in names))
     parts = {n: sum(rows[n].values()) - rows[n]["shutdown"] for n in names}
     lines.append(f"{'sum of the parts':<28}" + "".join(f"{parts[n]:>10.2f}" for n in names) + "   (without shutdown)")
     lines.append(f"{'wall (launch to exit)':<28}" + "".join(f"{wall:>10.2f}" for _ in names))
@@ -112,7 +114,7 @@ def report(launched: float, wall: float, timings: dict[str, dict], plain: float,
     return lines
 
 
-def _compact(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+def compact(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """The rounds' parts summed over all rounds, next to the phases."""
     compact = {}
     for site, phases in rows.items():

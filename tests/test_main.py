@@ -2,6 +2,7 @@
 for the controller, and the engine's first state starts only once they are (never beside them)."""
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -21,6 +22,12 @@ def short_engine_waits(monkeypatch):
         monkeypatch.setattr(engine_module, name, seconds)
 
 
+@pytest.fixture(autouse=True)
+def collector_back_on():
+    yield
+    gc.enable()   # serve() turns it off for its imports; a failed test must not leave it off
+
+
 def test_the_first_state_starts_only_once_the_preload_is_imported(tmp_path, monkeypatch, capfd):
     (tmp_path / "kd_preload_probe.py").write_text(f"import time\ntime.sleep({SLOW_IMPORT})\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -37,11 +44,13 @@ def test_the_first_state_starts_only_once_the_preload_is_imported(tmp_path, monk
 
         def run(self):
             seen["probe imported"] = "kd_preload_probe" in sys.modules
+            seen["collecting"] = gc.isenabled()
             seen["thread"] = threading.current_thread()
             entered.set()
             return "terminal"
 
     engine.register()
+    gc.disable()   # as serve() does before its imports
     started = time.monotonic()
     main._preload_before_first_state(engine)
     # the engine's POST /setup handler, arriving while the import is under way
@@ -49,7 +58,7 @@ def test_the_first_state_starts_only_once_the_preload_is_imported(tmp_path, monk
     assert time.monotonic() - started < SLOW_IMPORT / 2, "POST /setup waited for the import: it must not"
     assert entered.wait(SLOW_IMPORT * 20), "the first state never ran"
     assert time.monotonic() - started >= SLOW_IMPORT
-    assert seen["probe imported"] is True
+    assert seen["probe imported"] is True and seen["collecting"] is True
     assert seen["thread"] is engine.thread   # the engine's own state-machine thread ran it
     engine.thread.join(10)
     assert "the first state waited" in capfd.readouterr().out
