@@ -11,7 +11,7 @@ from torch import nn
 
 from app import results
 from app.idle import IdleTime
-from app.profile import summarize
+from app.profile import fastest_ms, summarize
 
 SHORT = 0.05   # long enough for a background thread to get going, on a busy machine too
 
@@ -65,6 +65,31 @@ def test_finish_lets_a_job_run_without_windows():
     done = idle.start(lambda: [idle.run(lambda: index)[0] for index in range(3)])
     idle.finish()
     assert done.result(timeout=10) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("clock, counted", [(time.thread_time, True), (time.perf_counter, False)],
+                         ids=["cpu time", "wall time"])
+def test_a_timed_run_the_end_of_a_wait_cut_short_counts_only_in_cpu_time(clock, counted):
+    """The site's own work after the wait may stretch the run's wall time, never its thread's CPU time."""
+    idle, inside, release, calls = IdleTime(), threading.Event(), threading.Event(), []
+
+    def run() -> None:
+        calls.append(None)
+        if len(calls) == 2:   # the first timed run (the first call warms up)
+            inside.set()
+            release.wait(10)
+    with idle.waiting():
+        job = idle.start(lambda: fastest_ms({"model": run}, repeats=1, budget_s=1e-6, clock=clock, idle=idle))
+        assert inside.wait(10)
+    release.set()
+    if counted:
+        assert job.result(timeout=10)["model"] >= 0
+    else:
+        time.sleep(SHORT)
+        assert not job.done()   # its next run waits for the next wait
+        idle.finish()
+        job.result(timeout=10)
+    assert len(calls) == (2 if counted else 3)
 
 
 def test_a_background_measurement_leaves_the_global_random_generator_alone():
