@@ -1,6 +1,8 @@
 """A site's idle time: background measurements run only while the site waits for the others."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -65,6 +67,21 @@ def test_finish_lets_a_job_run_without_windows():
     done = idle.start(lambda: [idle.run(lambda: index)[0] for index in range(3)])
     idle.finish()
     assert done.result(timeout=10) == [0, 1, 2]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_a_job_yields_to_the_sites_work_until_its_result_is_awaited():
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    own, idle = nice(), IdleTime()
+    in_window = idle.start(lambda: idle.run(nice)[0])
+    with idle.waiting():
+        assert in_window.result(timeout=10) == 19   # a piece outlasting its window yields to the site's work
+    awaited = IdleTime()
+    job = awaited.start(lambda: awaited.run(nice)[0])
+    awaited.finish()
+    assert job.result(timeout=10) == (own if os.geteuid() == 0 else 19)   # raising it back needs root
+    assert nice() == own   # the caller's thread is untouched
 
 
 @pytest.mark.parametrize("clock, counted", [(time.thread_time, True), (time.perf_counter, False)],
