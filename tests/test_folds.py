@@ -155,6 +155,21 @@ def test_a_teacher_from_teacher_weights_serves_every_fold(tmp_path):
     assert [site.output_dir for site in folds.sites.values()] == [tmp_path / "out" / "data" / f for f in FOLDS]
 
 
+def test_the_folds_shared_teacher_is_measured_in_the_sites_waits(tmp_path):
+    """prepare_teacher hands the frozen teacher to the site's idle time (the states' waits), once."""
+    folder = fold_site(tmp_path / "in", "c1")
+    fold_generic(folder)
+    folds = Folds.load(folder, tmp_path / "out", "site1", log=lambda message: None)
+    folds.adopt_plan(folds.make_plan())
+    folds.prepare_teacher()
+    teacher = folds.sites[FOLDS[0]].teacher
+    [(future, idle)] = results._TEACHER_SUMMARIES[teacher].values()
+    assert idle is folds.idle and not future.done()   # nothing ran: the site has not waited yet
+    with folds.idle.waiting():
+        measured = future.result(timeout=120)
+    assert measured == results.teacher_summary(teacher, folds.sites[FOLDS[0]].train.sample_shape)
+
+
 def test_a_shared_teacher_is_measured_once(monkeypatch):
     calls = []
     summary = ModelSummary(1, 2, 3, 4, 5, 6)
