@@ -63,6 +63,11 @@ class IdleTime:
                 while self._whole:
                     self._turn.wait()
 
+    @property
+    def waits(self) -> int:
+        """How many waits have ended so far."""
+        return self._closed
+
     def run(self, call: Callable[[], T]) -> tuple[T, bool]:
         """``call()`` started inside a window; its result, and whether the window lasted until it ended."""
         with self._turn:

@@ -304,6 +304,8 @@ def test_two_sites_in_one_process_end_with_the_student_of_separate_processes(qui
     teachers = [site.teacher.state_dict() for app in apps.values() for site in app.internal["site"].sites.values()]
     assert len(teachers) == 2
     assert all(torch.equal(value, teachers[1][key]) for key, value in teachers[0].items())   # one federated teacher
+    # every exchange's waits were the site's idle time (where its teacher is measured)
+    assert all(app.internal["site"].idle.waits > FEDERATED_TEACHER["teacher_rounds"] for app in apps.values())
     for site in sites:
         assert json.loads((site.output_dir / "metrics.json").read_text())["site"] == site.id
         assert (site.output_dir / "student.pt").read_bytes() == \
