@@ -8,9 +8,10 @@ Writes, from real MNIST digits drawn as photos (scripts/devdata/photos.py):
                  files grayscale, RGBA or palette, some JPEGs stored turned with the EXIF orientation
                  that shows them upright; the last site has no folder for --missing-class
   generic/       config.yml (image_size, normalize: federated), teacher.py and student.py (both the model
-                 zoo's gap_cnn_student.py, the teacher at width 32) and teacher.pt, the teacher trained
-                 here on MNIST digits no site receives, drawn the same way and decoded by the app's
-                 decoder at --image-size
+                 zoo's gap_cnn_student.py, the teacher at width 32, with as many stages as --image-size
+                 needs; or with --teacher-arch the zoo's torchvision_teacher.py) and teacher.pt, the
+                 teacher trained here on MNIST digits no site receives, drawn the same way and decoded
+                 by the app's decoder at --image-size
 
 Everything is seeded: the same arguments give the same files. The output folder must not exist yet.
 """
@@ -43,8 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 # (ResNet-18 at 20 px: 50% after 4 epochs of 1,500 photos, where the 99k-parameter student alone
 # reaches 81%).
 TEACHER_FILE = STUDENT_FILE = REPO / "models" / "gap_cnn_student.py"
-TEACHER_ARGS = {"width": 32}
+TORCHVISION_TEACHER_FILE = REPO / "models" / "torchvision_teacher.py"
+TEACHER_WIDTH = 32
+ZOO_STAGES = 4   # gap_cnn_student's default: a receptive field of 31 px
 TEACHER_LEARNING_RATE = 0.004
+# Adam at 0.004 left a ResNet-18 at 73% of the MNIST test photos after 2 epochs of 4,000 photos at 64 px,
+# at 0.001 at 94% (python -m bench.augment's build, in its docstring).
+TORCHVISION_TEACHER_LEARNING_RATE = 0.001
 TEACHER_TEST_IMAGES = 500   # at most: MNIST test digits no site receives, for the teacher's accuracy
 SPLITS = ("train", "test")
 
@@ -55,9 +61,9 @@ CONFIG = """\
 # Every key is explained in the config.yml at the top of the repository.
 fc_knowledge_distillation:
   teacher_model: teacher.py
-  teacher_args: {{width: {width}}}
+  teacher_args: {teacher_args}
   teacher_weights: teacher.pt
-  student_model: student.py
+  student_model: student.py{student_args}
   train_dataset: train
   test_dataset: test
   image_size: {image_size}
@@ -97,6 +103,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="MNIST training digits drawn only to train the teacher (default: %(default)s)")
     parser.add_argument("--teacher-epochs", type=positive_int, default=5,
                         help="epochs of teacher training (default: %(default)s)")
+    parser.add_argument("--teacher-arch", metavar="ARCH",
+                        help="a torchvision architecture (e.g. resnet18) as the teacher, models/torchvision_teacher.py "
+                             "trained from scratch here, instead of the zoo's GAP CNN at width 32: a teacher many "
+                             "times the student's cost, learning far slower on small images")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, the drawing and the teacher "
                                                             "(default: %(default)s)")
     return parser.parse_args(argv)
@@ -132,11 +142,14 @@ def main(argv: list[str]) -> int:
 
     generic = args.out / "generic"
     generic.mkdir(parents=True)
-    shutil.copyfile(TEACHER_FILE, generic / "teacher.py")
+    teacher_file, teacher_args = teacher_of(args)
+    stages = stages_for(args.image_size)
+    shutil.copyfile(teacher_file, generic / "teacher.py")
     shutil.copyfile(STUDENT_FILE, generic / "student.py")
     (generic / "config.yml").write_text(CONFIG.format(
         clients=args.clients, missing=args.missing_class, arguments=recipe(args),
-        width=TEACHER_ARGS["width"], image_size=args.image_size, rounds=args.rounds, seed=args.seed))
+        teacher_args=flow(teacher_args), image_size=args.image_size, rounds=args.rounds, seed=args.seed,
+        student_args="" if stages == ZOO_STAGES else f"\n  student_args: {flow({'stages': stages})}"))
 
     unused_test = np.setdiff1d(np.arange(len(y_test)), np.concatenate(test_parts))
     unused_test = unused_test[:min(TEACHER_TEST_IMAGES, args.teacher_samples)]
@@ -145,12 +158,34 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def stages_for(image_size: int) -> int:
+    """The GAP CNN's stages whose receptive field (2^(stages + 1) - 1 px) spans the image: with fewer,
+    every pooled feature sees a part of the digit only and the network learns far slower."""
+    stages = ZOO_STAGES
+    while 2 ** (stages + 1) < image_size:
+        stages += 1
+    return stages
+
+
+def teacher_of(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The teacher's model file and teacher_args."""
+    if args.teacher_arch:
+        return TORCHVISION_TEACHER_FILE, {"arch": args.teacher_arch, "num_classes": DIGITS}
+    stages = stages_for(args.image_size)
+    return TEACHER_FILE, {"width": TEACHER_WIDTH, **({"stages": stages} if stages != ZOO_STAGES else {})}
+
+
+def flow(mapping: dict) -> str:
+    """A YAML flow mapping, as config.yml's template writes them: {width: 32}."""
+    return "{" + ", ".join(f"{key}: {value}" for key, value in mapping.items()) + "}"
+
+
 def recipe(args: argparse.Namespace) -> str:
     """The arguments that decide the files (all but where MNIST is read from and the output goes)."""
     def shown(value: object) -> str:
         return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
     return " ".join(f"--{key.replace('_', '-')} {shown(value)}" for key, value in vars(args).items()
-                    if key not in ("mnist_dir", "out"))
+                    if key not in ("mnist_dir", "out") and value is not None)
 
 
 def write_photos(folder: Path, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
@@ -181,9 +216,9 @@ def train_teacher(args: argparse.Namespace, images: np.ndarray, labels: np.ndarr
     print(f"teacher: {len(train) + len(test)} photos drawn and decoded at {args.image_size} px "
           f"({time.perf_counter() - started:.0f}s)")
     torch.manual_seed(args.seed)
-    teacher = build_model(TEACHER_FILE, TEACHER_ARGS, "teacher_model")
+    teacher = build_model(*teacher_of(args), "teacher_model")
     fit_teacher(teacher, train, test, args.teacher_epochs, args.seed, path, batch_size=64,
-                learning_rate=TEACHER_LEARNING_RATE)
+                learning_rate=TORCHVISION_TEACHER_LEARNING_RATE if args.teacher_arch else TEACHER_LEARNING_RATE)
 
 
 def decoded(folder: Path, images: np.ndarray, labels: np.ndarray, args: argparse.Namespace,

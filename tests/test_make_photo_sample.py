@@ -67,6 +67,25 @@ def test_the_same_arguments_give_the_same_photo_folders_of_mixed_formats_modes_a
     assert config["teacher_args"] == {"width": 32} and config["max_iter"] == 5
 
 
+@needs_mnist
+def test_a_torchvision_teacher_and_a_student_that_sees_the_whole_64_pixel_image(tmp_path):
+    """--teacher-arch: the zoo's torchvision teacher, trained and loadable; at image_size 64 the GAP student
+    gets 5 stages (a 63-px receptive field), the 4 of the default would see 31 px of it."""
+    done = make(tmp_path / "a", "--image-size", "64", "--teacher-arch", "resnet18", "--clients", "1",
+                "--train-per-client", "10", "--test-per-client", "10", "--teacher-samples", "20")
+    assert done.returncode == 0, done.stderr
+    generic = tmp_path / "a" / "generic"
+    config = yaml.safe_load((generic / "config.yml").read_text())[SECTION]
+    assert config["image_size"] == 64 and config["student_args"] == {"stages": 5}
+    assert config["teacher_args"] == {"arch": "resnet18", "num_classes": 10}
+    assert (generic / config["teacher_model"]).read_text() == (REPO / "models" / "torchvision_teacher.py").read_text()
+    assert "--teacher-arch resnet18" in (generic / "config.yml").read_text()   # the recipe rebuilds it
+    teacher = build_model(generic / config["teacher_model"], config["teacher_args"], "teacher_model")
+    load_weights(teacher, generic / config["teacher_weights"])
+    student = build_model(generic / config["student_model"], config["student_args"], "student_model")
+    assert student.classifier.in_features == 256
+
+
 def test_a_turned_jpeg_decodes_upright(tmp_path):
     digit = np.zeros((28, 28), dtype=np.uint8)
     digit[4:24, 12:16] = 255   # a "1": turned by 90 degrees it would lie flat
