@@ -23,12 +23,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from bench.output import save
 from bench.run_breakdown import compact, federation, site_rows
 
+# main.py's line in a container's log (a forked local client has nothing left to import and says nothing)
+PRELOAD_LINE = re.compile(r"start-up imports took ([\d.]+) s in the background; the first state waited ([\d.]+) s")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "containers.txt"
 PHASES = {"process start": "start-up (launch to 1st state)", "initial": "initial", "teacher": "teacher",
@@ -38,11 +41,13 @@ PHASES = {"process start": "start-up (launch to 1st state)", "initial": "initial
 
 
 def timeline(sample_dir: Path, out: Path, query_interval: float, image: str | None) -> dict[str, float]:
-    """The coordinator's phases of one run, in seconds, adding up to the run's wall time (`wall`)."""
+    """The coordinator's phases of one run, in seconds, adding up to the run's wall time (`wall`); in a
+    container also how long its late imports took and how long its first state waited for them."""
     launched, wall, timings = federation(sample_dir, out, query_interval, ("--image", image) if image else ())
     coordinator = sorted(timings)[0]
     rows = compact({coordinator: site_rows(launched, wall, timings[coordinator])})[coordinator]
-    return {**rows, "wall": wall}
+    preload = PRELOAD_LINE.search((out / f"{coordinator}.log").read_text(errors="replace"))
+    return {**rows, "wall": wall, **({"preload": float(preload[1]), "waited": float(preload[2])} if preload else {})}
 
 
 def report(runs: list[tuple[float, dict, dict]], header: list[str]) -> list[str]:
@@ -56,6 +61,10 @@ def report(runs: list[tuple[float, dict, dict]], header: list[str]) -> list[str]
         lines.append(f"query interval {interval:g} s: containers' training took "
                      f"{container['rounds: training'] / local['rounds: training']:.2f}x the local training "
                      f"(the same computation: above 1, the containers got less CPU)")
+        if "preload" in container:
+            lines.append(f"  the coordinator's container imported what a run imports late in "
+                         f"{container['preload']:.1f} s from answering /status; its first state waited "
+                         f"{container['waited']:.1f} s for it after POST /setup")
     lines += ["", "container_minus_local_s=" + ",".join(f"{c['wall'] - loc['wall']:.1f}" for _, loc, c in runs)]
     return lines
 
