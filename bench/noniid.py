@@ -135,13 +135,19 @@ def generic_settings(generic: Path) -> dict:
     return yaml.safe_load((generic / "config.yml").read_text())[SECTION]
 
 
-def write_site(folder: Path, generic: Path, settings: dict, train: Arrays, test: Arrays) -> Path:
-    """A site's input folder as the platform assembles it: the generic files, its config, its data."""
+def site_folder(folder: Path, generic: Path, settings: dict) -> Path:
+    """A site's input folder as the platform assembles it, without its data: the generic files, its config."""
     folder.mkdir(parents=True)
     for item in generic.iterdir():
         if item.is_file():
             shutil.copy(item, folder / item.name)
     (folder / "config.yml").write_text(yaml.safe_dump({SECTION: settings}, sort_keys=False))
+    return folder
+
+
+def write_site(folder: Path, generic: Path, settings: dict, train: Arrays, test: Arrays) -> Path:
+    """A site's input folder as the platform assembles it: the generic files, its config, its data."""
+    site_folder(folder, generic, settings)
     for name, (images, labels) in (("train.npz", train), ("test.npz", test)):
         np.savez(folder / name, images=images, labels=labels)
     return folder
@@ -164,14 +170,14 @@ def run_federated(label: list[str], parts: list[tuple[Arrays, Arrays]], settings
                for i, (train, test) in enumerate(parts)]
     sites = load_sites(folders, workdir / "out")
     federate(sites, controller(sites))
-    accuracy = {name: _common_accuracy(sites, name, common) for name in sites[0].models}
+    accuracy = {name: common_accuracy(sites, name, common) for name in sites[0].models}
     evaluations = [site.evaluations["student"] for site in sites]
     return Outcome(label, accuracy["student"], [e.accuracy for e in evaluations], time.perf_counter() - started,
                    flatten({"student": to_arrays(sites[0].student.state_dict())}),
                    all(math.isfinite(e.loss) for e in evaluations), accuracy.get("baseline"))
 
 
-def _common_accuracy(sites: list[Site], model: str, common: TensorData | None) -> float:
+def common_accuracy(sites: list[Site], model: str, common: TensorData | None) -> float:
     """The final global ``model``'s accuracy on ``common``, or on all the sites' test images."""
     if common is not None:
         return evaluate(sites[0].models[model], common, sites[0].num_classes).accuracy

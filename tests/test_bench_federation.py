@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from app.results import chance_margin
 from scripts.devdata.idx import DEFAULT_MNIST
 from tests.conftest import REPO, cut_site, folder_federation, generic_dir
 
@@ -113,6 +114,33 @@ def test_convergence_ends_with_its_two_figures(tmp_path, small_samples):
     defaults = rows[1]   # the last line speaks of the 'defaults' rows only
     assert gap == pytest.approx(-float(defaults[5]), abs=0.011)
     assert worst == pytest.approx(float(defaults[6]), abs=0.011)
+
+
+def test_convergence_runs_the_photo_sample_on_all_its_test_photos(tmp_path):
+    """The photo federation: image folders beside generic/, its image keys kept under every recipe, and the
+    federation and the pooled central run both scored on every site's test photos."""
+    photos = tmp_path / "photos"
+    sites = [dict(source="c1", n_train=40, n_test=30), dict(source="c2", n_train=40, n_test=30, lacking=(3,))]
+    folder_federation(photos, sites, image_size=28, channels=1, normalize="federated")
+    missing = subprocess.run([sys.executable, "-m", "bench.convergence", "--federations", "0.5:2,photo",
+                              "--photo-sample", str(tmp_path / "none")], capture_output=True, text=True, cwd=REPO)
+    assert missing.returncode != 0 and "python -m scripts.make_photo_sample --out" in missing.stderr
+    results = tmp_path / "convergence.txt"
+    done = run_bench("convergence", "--federations", "photo", "--photo-recipes", "sample,defaults", "--max-rounds",
+                     "1", "--photo-sample", str(photos), "--results", str(results))
+    assert results.read_text() == done.stdout
+    header, table, summary = done.stdout.strip().split("\n\n")
+    assert "image_size 28, channels 1, normalize federated" in header
+    counts = re.search(r"photo sample: site1 40: (\[.*\]); site2 (\d+): (\[.*\])", header)
+    assert counts and eval(counts.group(3))[3] == 0 and sum(eval(counts.group(3))) == int(counts.group(2)) < 40
+    columns, *rows = (re.split(r"\s{2,}", line.strip()) for line in table.splitlines())
+    assert [row[:2] for row in rows] == [["photo sample", "sample"], ["photo sample", "defaults"]]
+    assert_fractions(rows, 2, 5)
+    tests = sum(1 for _ in photos.glob("site*/test/*/*"))
+    for row in rows:   # two standard errors over all the test photos of both sites
+        kd, baseline = float(row[2]), float(row[3])
+        assert float(row[7]) == pytest.approx(100 * chance_margin(kd, baseline, tests), abs=0.006)
+    assert summary.splitlines()[-1].startswith("max_gap_to_central_pp=")
 
 
 def test_quick_start_table_has_the_baseline_smpc_and_scarce_rows(tmp_path, small_samples):
