@@ -196,7 +196,7 @@ class KDConfig(BaseModel):
     max_iter: WholeNumber = _field(10, "a whole number of communication rounds ≥ 1", ge=1)
     local_epochs: WholeNumber = _field(1, "a whole number of local epochs per round ≥ 1", ge=1)
     batch_size: WholeNumber = _training(32, "a whole number ≥ 1", ge=1)
-    learning_rate: Number = _training(0.004, "a number > 0 and ≤ 10", gt=0, le=10)
+    learning_rate: Number = _training(0.008, "a number > 0 and ≤ 10", gt=0, le=10)
     optimizer: Literal["adam", "sgd"] = _training("adam", "one of: adam, sgd")
     momentum: Number = _training(0.9, "a number between 0 and 1 (used by sgd)", ge=0, lt=1)
     weight_decay: Number = _training(0.0, "a number ≥ 0", ge=0)

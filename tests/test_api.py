@@ -69,7 +69,7 @@ def test_settings_not_given_take_the_config_defaults():
         return student[1].weight
 
     default = distilled()
-    assert torch.equal(default, distilled(batch_size=32, learning_rate=0.004, temperature=4.0, alpha=0.8))
+    assert torch.equal(default, distilled(batch_size=32, learning_rate=0.008, temperature=4.0, alpha=0.8))
     assert not torch.equal(default, distilled(learning_rate=0.01))
 
 

@@ -21,7 +21,7 @@ def write(tmp_path, text):
 def test_defaults_are_the_measured_ones(tmp_path):
     """The training defaults bench/convergence.py chose (README: Defaults); rounds as in the original app."""
     config = load_config(write(tmp_path, f"{SECTION}:\n  teacher_weights: t.pt\n"))
-    assert (config.batch_size, config.learning_rate, config.max_iter) == (32, 0.004, 10)
+    assert (config.batch_size, config.learning_rate, config.max_iter) == (32, 0.008, 10)
     assert (config.temperature, config.alpha, config.loss) == (4.0, 0.8, "kl")
     assert (config.server_optimizer, config.lr_schedule, config.lr_warmup) == ("fedavg", "constant", 0.0)
     assert (config.teacher_model, config.student_model) == ("teacher.py", "student.py")
