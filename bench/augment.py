@@ -24,7 +24,7 @@ image (the builder picks the stages from image_size).
     python -m bench.augment --photos photos64 [--rounds 30] [--local-epochs 2] [--views 4]
 
 The build takes about 6 minutes of CPU, most of it training the teacher (94% of 500 other MNIST
-test photos); the bench about 40 minutes of CPU, most of it online teaching, (e). 60 epochs,
+test photos); the bench about 11 minutes of CPU with --threads 2. 60 epochs,
 because the student needs them: after 20 it is still near chance on 200 photos per site.
 
 The last line: ``views_vs_online=<a/b> augment_gain_pp=<c-d> views_vs_online_pp=<c-e>``.
