@@ -1,8 +1,9 @@
 """Where the sample federation's wall time goes, against a plain loop doing the same work.
 
-    python -m bench.run_breakdown [--sample-dir sample_data] [--query-interval 0.1] [--results FILE]
+    python -m bench.run_breakdown [--repeats 3] [--sample-dir sample_data] [--query-interval 0.1] [--results FILE]
 
-Runs, one after the other in this run:
+Runs, taking turns, ``--repeats`` times each (a lone run of either varied by a fifth from one run to
+the next on an idle 2-core VM, so one pair cannot carry a ratio):
 
   1. the README's quick start, ``python main.py simulate`` on the sample federation (two local
      processes on the real engine, driven over HTTP by the test-bed), timed from launching the
@@ -14,7 +15,8 @@ Runs, one after the other in this run:
      one after the other, same data, models, seed and rounds, teacher logits cached, FedAvg
      in-process, ``student.pt`` saved), timed the same way.
 
-Prints both breakdowns in seconds, then the ratios. The last line is
+Prints every run's wall time, the breakdown of the federation run with the median wall time, then
+the ratios (the medians' ratio for the wall). The last line is
 
     wall_vs_plain_loop=<x> round_overhead_share=<y> write_results_share=<z>
 
@@ -134,6 +136,8 @@ def _mean(rounds: list[list[dict]], part: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each, taking turns; medians are reported (default 3)")
     parser.add_argument("--sample-dir", type=Path, default=ROOT / "sample_data",
                         help="the federation: generic/ and one folder per site (default sample_data/)")
     parser.add_argument("--query-interval", type=float, default=0.1,
@@ -141,19 +145,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="text file the printed table is also written to (default bench/results/run_breakdown.txt)")
     args = parser.parse_args(argv)
+    plains, runs = [], []
     with tempfile.TemporaryDirectory(prefix="run-breakdown-") as scratch:
         scratch = Path(scratch)
-        plain, plain_output = timed([sys.executable, "-m", "bench.plain_loop", "--sample-dir", str(args.sample_dir),
-                                     "--out", str(scratch / "plain")])
-        launched, wall, timings = federation(args.sample_dir, scratch / "federation", args.query_interval)
+        for repeat in range(args.repeats):
+            plains.append(timed([sys.executable, "-m", "bench.plain_loop", "--sample-dir", str(args.sample_dir),
+                                 "--out", str(scratch / f"plain-{repeat}")]))
+            runs.append(federation(args.sample_dir, scratch / f"federation-{repeat}", args.query_interval))
+        launched, wall, timings = sorted(runs, key=lambda run: run[1])[len(runs) // 2]
+        plain, plain_output = sorted(plains)[len(plains) // 2]
         coordinator = sorted(timings)[0]
-        same = ((scratch / "plain" / "student.pt").read_bytes()
-                == (scratch / "federation" / coordinator / "student.pt").read_bytes())
+        same = ((scratch / "plain-0" / "student.pt").read_bytes()
+                == (scratch / "federation-0" / coordinator / "student.pt").read_bytes())
     load = os.getloadavg()[0]
     header = [f"Run breakdown of the sample federation, {datetime.datetime.now():%Y-%m-%d %H:%M}, torch "
               f"{torch.__version__}, {os.cpu_count()} cores, load average {load:.2f} when done",
               f"sites: {', '.join(timings)} (coordinator {coordinator}); query interval {args.query_interval:g} s; "
-              f"plain loop's student.pt {'identical to' if same else 'differs from'} the federation's"]
+              f"plain loop's student.pt {'identical to' if same else 'differs from'} the federation's",
+              f"{args.repeats} runs each, taking turns; wall s: plain loop "
+              + ", ".join(f"{seconds:.2f}" for seconds, _ in plains) + "; federation "
+              + ", ".join(f"{run[1]:.2f}" for run in runs) + " (medians below)"]
     lines = report(launched, wall, timings, plain, plain_output, coordinator, header)
     save(lines, args.results)
 
