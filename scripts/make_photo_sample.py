@@ -32,7 +32,7 @@ from app.images import decode_files
 from app.model_files import build_model
 from app.normalization import channel_sums, pooled
 from scripts.devdata.args import positive_int
-from scripts.devdata.idx import DEFAULT_MNIST, read_mnist
+from scripts.devdata.idx import DEFAULT_MNIST, read_mnist_or_exit
 from scripts.devdata.partition import split_iid
 from scripts.devdata.photos import photo_file, random_kind
 from scripts.make_sample_data import DIGITS, fit_teacher
@@ -118,11 +118,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {args.out} already exists and is not empty. Remove it or pass another --out.",
               file=sys.stderr)
         return 2
-    try:
-        x_train, y_train, x_test, y_test = read_mnist(args.mnist_dir)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    x_train, y_train, x_test, y_test = read_mnist_or_exit(args.mnist_dir)
 
     order = np.random.default_rng(args.seed).permutation(len(y_train))
     teacher_idx, client_pool = order[:args.teacher_samples], order[args.teacher_samples:]

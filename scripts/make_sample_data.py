@@ -32,7 +32,7 @@ from app.data import TensorData
 from app.model_files import build_model
 from app.profile import parameter_count
 from app.training import evaluate, train_local
-from scripts.devdata.idx import DEFAULT_MNIST, read_mnist
+from scripts.devdata.idx import DEFAULT_MNIST, read_mnist_or_exit
 from scripts.devdata.partition import site_indices
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,11 +122,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    try:
-        x_train, y_train, x_test, y_test = read_mnist(args.mnist_dir)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    x_train, y_train, x_test, y_test = read_mnist_or_exit(args.mnist_dir)
 
     order = np.random.default_rng(args.seed).permutation(len(y_train))
     teacher_idx, client_pool = order[:args.teacher_samples], order[args.teacher_samples:]

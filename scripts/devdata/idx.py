@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,12 @@ def read_mnist(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
                                 "the folder holding the four MNIST IDX files (gzipped or not).")
     x_train, y_train, x_test, y_test = (read_idx(path) for path in files.values())
     return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
+
+
+def read_mnist_or_exit(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``read_mnist`` for the builders' command lines: a missing file is one ``error:`` line and exit code 2."""
+    try:
+        return read_mnist(folder)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
