@@ -28,13 +28,8 @@ def collector_back_on():
     gc.enable()   # serve() turns it off for its imports; a failed test must not leave it off
 
 
-def test_the_first_state_starts_only_once_the_preload_is_imported(tmp_path, monkeypatch, capfd):
-    (tmp_path / "kd_preload_probe.py").write_text(f"import time\ntime.sleep({SLOW_IMPORT})\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(main, "PRELOAD", ("kd_preload_probe",))
-    monkeypatch.delitem(sys.modules, "kd_preload_probe", raising=False)
-    seen: dict[str, object] = {}
-    entered = threading.Event()
+def engine_with_first_state(run) -> App:
+    """A real engine whose first state calls ``run()`` and ends the run."""
     engine = App()
 
     @app_state("initial", Role.BOTH, engine)
@@ -43,13 +38,28 @@ def test_the_first_state_starts_only_once_the_preload_is_imported(tmp_path, monk
             self.register_transition("terminal", Role.BOTH)
 
         def run(self):
-            seen["probe imported"] = "kd_preload_probe" in sys.modules
-            seen["collecting"] = gc.isenabled()
-            seen["thread"] = threading.current_thread()
-            entered.set()
+            run()
             return "terminal"
 
     engine.register()
+    return engine
+
+
+def test_the_first_state_starts_only_once_the_preload_is_imported(tmp_path, monkeypatch, capfd):
+    (tmp_path / "kd_preload_probe.py").write_text(f"import time\ntime.sleep({SLOW_IMPORT})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(main, "PRELOAD", ("kd_preload_probe",))
+    monkeypatch.delitem(sys.modules, "kd_preload_probe", raising=False)
+    seen: dict[str, object] = {}
+    entered = threading.Event()
+
+    def first_state():
+        seen["probe imported"] = "kd_preload_probe" in sys.modules
+        seen["collecting"] = gc.isenabled()
+        seen["thread"] = threading.current_thread()
+        entered.set()
+
+    engine = engine_with_first_state(first_state)
     gc.disable()   # as serve() does before its imports
     started = time.monotonic()
     main._preload_before_first_state(engine)
@@ -69,18 +79,7 @@ def test_a_failed_preload_import_still_starts_the_first_state(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(main, "PRELOAD", ("kd_broken_probe",))
     entered = threading.Event()
-    engine = App()
-
-    @app_state("initial", Role.BOTH, engine)
-    class Initial(AppState):
-        def register(self):
-            self.register_transition("terminal", Role.BOTH)
-
-        def run(self):
-            entered.set()
-            return "terminal"
-
-    engine.register()
+    engine = engine_with_first_state(entered.set)
     main._preload_before_first_state(engine)
     engine.handle_setup("c1", True, ["c1"], "c1")
     assert entered.wait(10), "a module that fails to import must be left to the state that needs it"
