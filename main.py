@@ -16,9 +16,11 @@ from pathlib import Path
 
 # featurecloud 0.1.0's waits are plain sleeps (1 s after every state, 10 s up to three times at the end,
 # 0.1 s between checks for incoming data). None protects anything this app needs: its finished status
-# is queued behind all of its outgoing data (README, "Platform waits"). So the app runs with these,
-# in the container too.
-APP_ENGINE_WAITS = {"TRANSITION_WAIT": 0.05, "TERMINAL_WAIT": 0.1, "DATA_POLL_INTERVAL": 0.02}
+# is queued behind all of its outgoing data (README, "Platform waits"). So the app runs with these, in the
+# container and locally alike. TRANSITION_WAIT is also the pause of the engine's loop at `terminal` that
+# waits for queued data to leave; it cannot spin, because the last state returns only once its data left
+# (KDState.wait_until_sent).
+APP_ENGINE_WAITS = {"TRANSITION_WAIT": 0.0, "TERMINAL_WAIT": 0.0, "DATA_POLL_INTERVAL": 0.005}
 # What a site imports during a run besides what serving needs: torch._dynamo (with sympy, 900 modules, 70 MB)
 # is what torch.optim imports on its first optimizer; the exports and the TensorBoard writer import the rest
 # when the outputs are written. The local test-bed's fork server imports these once and forks every client
@@ -28,13 +30,9 @@ APP_ENGINE_WAITS = {"TRANSITION_WAIT": 0.05, "TERMINAL_WAIT": 0.1, "DATA_POLL_IN
 # after one).
 PRELOAD = ("states", "web.server", "FeatureCloud.app.api.http_ctrl", "bottle", "torch._dynamo",
            "torch.onnx", "onnx", "torch.utils.tensorboard", "PIL.PngImagePlugin")
-# `serve` (a local launcher's client) also takes them from these variables.
-ENGINE_WAIT_VARIABLES = {"FC_TRANSITION_WAIT": "TRANSITION_WAIT", "FC_TERMINAL_WAIT": "TERMINAL_WAIT",
-                         "FC_DATA_POLL_INTERVAL": "DATA_POLL_INTERVAL"}
 
 
-def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path | None = None,
-          waits_from_environment: bool = False) -> None:
+def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path | None = None) -> None:
     """Serve the FeatureCloud API (/api) and the site's live page (/web) until the process ends; the site's
     folders are the container's (/mnt/input, /mnt/output) unless given."""
     import gc
@@ -54,10 +52,6 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
 
     for name, seconds in APP_ENGINE_WAITS.items():
         setattr(engine, name, seconds)
-    if waits_from_environment:
-        for variable, name in ENGINE_WAIT_VARIABLES.items():
-            if variable in os.environ:
-                setattr(engine, name, float(os.environ[variable]))
     if "KD_NUM_THREADS" in os.environ:
         import torch
         torch.set_num_threads(int(os.environ["KD_NUM_THREADS"]))
@@ -130,7 +124,7 @@ def main(argv: list[str]) -> int:
         parser.add_argument("--input-dir", type=Path, required=True)
         parser.add_argument("--output-dir", type=Path, required=True)
         args = parser.parse_args(argv[1:])
-        serve(args.host, args.port, args.input_dir.resolve(), args.output_dir.resolve(), waits_from_environment=True)
+        serve(args.host, args.port, args.input_dir.resolve(), args.output_dir.resolve())
         return 0
     if argv[0] in ("-h", "--help", "help"):
         print(__doc__)

@@ -6,11 +6,13 @@ readable log line."""
 from __future__ import annotations
 
 import json
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import FeatureCloud.app.engine.app as engine
 from FeatureCloud.app.engine.app import AppState, DPNoisetype, State
 
 from app.errors import ERROR_MARKER, KDError, first_line
@@ -119,6 +121,13 @@ class KDState(AppState):
             self.broadcast_data((combine or site.aggregate)(received, len(self.clients)), memo=f"{memo}_global")
         with site.idle.waiting():   # the site's measurements in the background may run meanwhile
             return self.await_data(memo=f"{memo}_global")
+
+    def wait_until_sent(self) -> None:
+        """Return once the controller has taken every message this site queued. Before the finished status,
+        the engine's loop at `terminal` checks for that every TRANSITION_WAIT, which the app sets to 0: it
+        would spin. Waiting here costs nothing: the run cannot end before the controller took them."""
+        while self._app.data_outgoing:
+            time.sleep(engine.DATA_POLL_INTERVAL)
 
     def configure_privacy(self) -> None:
         """Hand the config's SMPC and DP settings to the engine.

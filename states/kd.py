@@ -3,8 +3,8 @@
     initial ──> teacher ──(teacher round)──> teacher ... ──> distill ──(next round)──> distill ...
             ──> write_results ──> terminal
 
-One transition per round, because each costs the engine's TRANSITION_WAIT; the initial
-state makes its several exchanges without one. Memos name the phase and round
+One transition per round (the app sets the engine's TRANSITION_WAIT to 0; the platform's is 1 s);
+the initial state makes its several exchanges without one. Memos name the phase and round
 (``survey``, ``plan``, ``norm_update``, ``norm_global``, ``t2_update``, ``r3_update``,
 ``r3_global``, ``done``): URL-safe and unique, as the engine requires.
 ``register_states`` puts the states on one engine ``App`` with that app's folders and page.
@@ -99,6 +99,7 @@ class WriteResultsState(KDState):
             self.send_data_to_coordinator(site.done_summary(exported), memo="done")
         self.report("done", 1.0)
         self.board.finish(metrics, site.output_dir, REPORT)
+        self.wait_until_sent()
         return "terminal"
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Protocol
 
 
-# The engine's waits (platform defaults 1 s, 10 s and 0.1 s), shortened for local client processes.
+# The engine's waits (platform defaults 1 s, 10 s and 0.1 s), shortened for local client processes of an entry
+# that reads them (the tests' toy app does; this app runs its own, main.APP_ENGINE_WAITS, everywhere).
 SHORT_ENGINE_WAITS = {"FC_TRANSITION_WAIT": "0.05", "FC_TERMINAL_WAIT": "0.1", "FC_DATA_POLL_INTERVAL": "0.02"}
 
 

@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+import main
 from states import Folders, register_states
 from testbed.client_api import Status
 from testbed.controller import Timeouts, client_env, run_federation
@@ -292,7 +293,7 @@ def test_two_sites_in_one_process_end_with_the_student_of_separate_processes(qui
     clients, generic, separate, _ = quick_runs(**FEDERATED_TEACHER)
     assert separate.ok, separate.message
     sites = prepare_sites(clients, generic, tmp_path, tmp_path / "work")
-    for name, value in {"TRANSITION_WAIT": 0.05, "TERMINAL_WAIT": 0.1, "DATA_POLL_INTERVAL": 0.02}.items():
+    for name, value in main.APP_ENGINE_WAITS.items():   # as each separate process has
         monkeypatch.setattr(engine, name, value)
     threads = torch.get_num_threads()
     torch.set_num_threads(int(client_env(len(sites), None)["KD_NUM_THREADS"]))   # as each separate process has
