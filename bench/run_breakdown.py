@@ -1,6 +1,6 @@
 """Where the sample federation's wall time goes, against a plain loop doing the same work.
 
-    python -m bench.run_breakdown [--repeats 3] [--sample-dir sample_data] [--query-interval 0.1] [--results FILE]
+    python -m bench.run_breakdown [--repeats 3] [--sample-dir sample_data] [--query-interval 0.05] [--results FILE]
 
 Runs, taking turns, ``--repeats`` times each (a lone run of either varied by a fifth from one run to
 the next on an idle 2-core VM, so one pair cannot carry a ratio):
@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from bench.output import save
+from testbed.controller import DEFAULT_QUERY_INTERVAL
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "run_breakdown.txt"
 TARGETS = {"wall_vs_plain_loop": 1.0, "round_overhead_share": 0.15, "write_results_share": 0.08}
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="runs of each, taking turns; medians are reported (default 3)")
     parser.add_argument("--sample-dir", type=Path, default=ROOT / "sample_data",
                         help="the federation: generic/ and one folder per site (default sample_data/)")
-    parser.add_argument("--query-interval", type=float, default=0.1,
-                        help="the test-bed's seconds between polls (default 0.1, as simulate's)")
+    parser.add_argument("--query-interval", type=float, default=DEFAULT_QUERY_INTERVAL,
+                        help=f"the test-bed's seconds between polls (default {DEFAULT_QUERY_INTERVAL}, as simulate's)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="text file the printed table is also written to (default bench/results/run_breakdown.txt)")
     args = parser.parse_args(argv)

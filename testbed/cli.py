@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from testbed.controller import Timeouts, run_federation
+from testbed.controller import DEFAULT_QUERY_INTERVAL, Timeouts, run_federation
 from testbed.docker import DockerLauncher
 from testbed.sites import UsageError
 
@@ -90,7 +90,8 @@ def _parser(entry: Path) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, required=True,
                         help="each client's outputs go to <output-dir>/<client dir name>/, its log to <name>.log "
                              "(<name>.failed/ and <name>.failed.log when the run fails)")
-    parser.add_argument("--query-interval", type=float, default=0.1, help="seconds between polls (default 0.1)")
+    parser.add_argument("--query-interval", type=float, default=DEFAULT_QUERY_INTERVAL,
+                        help=f"seconds between polls (default {DEFAULT_QUERY_INTERVAL})")
     parser.add_argument("--dp-seed", type=int, default=0, help="seed of the differential-privacy noise (default 0)")
     parser.add_argument("--timeout", type=float, default=None, help="fail the run after this many seconds")
     # The app's entry script, run as '<entry> serve ...' per client; another one only in tests.
