@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
+from app.config import SECTION, KDConfig
 from app.results import chance_margin
 from scripts.devdata.idx import DEFAULT_MNIST
 from tests.conftest import REPO, cut_site, folder_federation, generic_dir
@@ -160,18 +162,30 @@ def test_quick_start_table_has_the_baseline_smpc_and_scarce_rows(tmp_path, small
     assert rows[1][3:6] == ["-", "-", "-"]
 
 
-def test_augment_measures_both_teachings_and_three_federations(tmp_path):
-    """bench.augment on two small folders of MNIST PNG files with the sample teacher and student."""
+def test_augment_measures_both_teachings_and_three_federations_per_seed(tmp_path):
+    """bench.augment on two small folders of MNIST PNG files with the sample teacher and student, two seeds
+    in two worker processes."""
     photos = tmp_path / "photos"
     folder_federation(photos, [dict(source="c1", n_train=40, n_test=30), dict(source="c2", n_train=40, n_test=30)])
     output = tmp_path / "augment.txt"
     done = run_bench("augment", "--photos", str(photos), "--rounds", "1", "--local-epochs", "1", "--views", "2",
-                     "--timed-epochs", "1", "--output", str(output))
+                     "--timed-epochs", "1", "--seeds", "0", "1", "--jobs", "2", "--output", str(output))
     assert output.read_text() == done.stdout
     assert "40 images × 2 views × 10 classes × 2 bytes = 1.6 KB of float16 teacher logits" in done.stdout
-    accuracies = {run: float(re.search(rf"\({run}\) [^:]*:\s+([\d.]+)", done.stdout).group(1)) for run in "cde"}
-    assert all(0 <= value <= 1 for value in accuracies.values()) and "60 test images" in done.stdout
+    sample = yaml.safe_load((photos / "generic" / "config.yml").read_text())[SECTION]
+    defaults = {key: KDConfig.model_fields[key].default for key in ("learning_rate", "lr_schedule")}
+    assert sample["learning_rate"] != defaults["learning_rate"]   # so the line below shows the override
+    assert f"learning_rate {defaults['learning_rate']}, lr_schedule {defaults['lr_schedule']}" in done.stdout
+    assert "60 test images" in done.stdout
+    rows = re.findall(r"^ +(\d+) +([\d.]+) +([\d.]+) +([\d.]+) +([+-][\d.]+) +([+-][\d.]+) +([\d-]+/[\d-]+/[\d-]+) "
+                      r"+(\d+/\d+/\d+)$", done.stdout, re.MULTILINE)
+    assert [row[0] for row in rows] == ["0", "1"]
+    accuracies = [[float(cell) for cell in row[1:4]] for row in rows]
+    for (c, d, e), row in zip(accuracies, rows):
+        assert all(0 <= value <= 100 for value in (c, d, e))
+        assert float(row[4]) == pytest.approx(c - d, abs=0.016) and float(row[5]) == pytest.approx(c - e, abs=0.016)
     last = re.fullmatch(r"views_vs_online=([\d.]+) augment_gain_pp=(-?[\d.]+) views_vs_online_pp=(-?[\d.]+)",
                         done.stdout.splitlines()[-1])
     assert last and float(last.group(1)) > 0
-    assert abs(float(last.group(2)) - 100 * (accuracies["c"] - accuracies["d"])) < 0.02
+    assert float(last.group(2)) == pytest.approx(sum(c - d for c, d, _ in accuracies) / 2, abs=0.02)
+    assert float(last.group(3)) == pytest.approx(sum(c - e for c, _, e in accuracies) / 2, abs=0.02)
