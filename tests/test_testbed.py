@@ -243,6 +243,7 @@ def test_killed_client_ends_run_naming_it(tmp_path):
     launcher = RecordingLauncher()
     run = in_background(lambda: federation.run(launcher))
     wait_for(federation.round_started("c2", 2))
+    wait_for(federation.round_started("c1", 2))   # so c1 has written round1.json, kept below
 
     os.kill(launcher.clients["c2"].pid, signal.SIGKILL)
     killed = time.monotonic()
