@@ -115,6 +115,21 @@ def test_a_broken_config_at_one_site_ends_the_run_quickly_naming_site_key_and_va
     assert "site site2: config.yml: alpha: 2 — must be a number between 0 and 1" in result.message
 
 
+def test_the_last_state_returns_only_once_the_controller_took_its_last_message(tmp_path, small_federation):
+    """The app sets the engine's TRANSITION_WAIT to 0, which is also the pause of the engine's loop at
+    `terminal` while queued data waits to leave: a participant reaching `terminal` with its `done` still
+    queued would spin there, logging on every pass, until the controller's next poll. Its last state
+    waits for that poll instead (``KDState.wait_until_sent``)."""
+    generic, clients = small_federation(**QUICK)
+    result = run_federation(clients, generic, tmp_path / "out", REPO / "main.py", query_interval=0.5,
+                            out=io.StringIO())
+    assert result.ok, result.message
+    for site, log in result.logs.items():
+        text = log.read_text()
+        assert "[CTRL] GET /data" in text and "transition: terminal" in text, site
+        assert "waiting for the last" not in text, site
+
+
 def test_sites_disagreeing_on_rounds_are_told_which_key(tmp_path, small_federation):
     generic, clients = small_federation(**QUICK)
     settings = yaml.safe_load((generic / "config.yml").read_text())[SECTION]
