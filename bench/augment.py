@@ -39,8 +39,8 @@ views). At the defaults, seed 0 gave (c) 82.2% against (d) 78.3%, (c) still risi
         [--seeds 0 1 2 3 4] [--jobs 2] [--threads 1]
 
 The build takes about 6 minutes of CPU, most of it training the teacher (94% of 500 other MNIST
-test photos). A federation of the bench takes at 1 thread on an idle core about 49 s for (c), 43 s
-for (d) and 100 s for (e): the 5 default seeds at --jobs 2 take about 8-10 minutes. 30 rounds of
+test photos). A federation of the bench takes at 1 thread, two at a time on 2 idle cores, about 60 s
+for (c), 50 s for (d) and 150 s for (e): the 5 default seeds at --jobs 2 took 12 minutes. 30 rounds of
 2 local epochs by default, because the student needs them: at seed 0 (c) is still rising at round 30.
 
 The last line: ``views_vs_online=<a/b> augment_gain_pp=<mean c-d> views_vs_online_pp=<mean c-e>``.
