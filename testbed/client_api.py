@@ -63,6 +63,8 @@ class ClientApi:
         """The engine answers a dict when it has nothing queued, and the queued item's status,
         itself a JSON string, when it has; both arrive here as a JSON object (or a JSON string of one)."""
         raw = self._request("GET", "/status", None, timeout)
+        if not raw:   # the connection closed before the body: a client killed as it answered, not a wrong answer
+            raise Unreachable("GET /status failed: the answer ended before its body")
         try:
             value: Any = json.loads(raw)
             if isinstance(value, str):
@@ -76,7 +78,10 @@ class ClientApi:
 
     def pull(self, timeout: float) -> bytes:
         """The next outgoing item (whose status the last `status()` returned)."""
-        return self._request("GET", "/data", None, timeout)
+        body = self._request("GET", "/data", None, timeout)
+        if not body:   # the engine never queues an empty item (it sends pickles or JSON): the answer was cut off
+            raise Unreachable("GET /data failed: the answer ended before its body")
+        return body
 
     def push(self, body: bytes, sender: str, memo: str | None, timeout: float) -> None:
         query = {"client": sender} if memo is None else {"client": sender, "memo": memo}

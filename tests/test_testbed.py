@@ -267,6 +267,18 @@ def test_a_dropped_connection_is_reported_as_the_exit_that_follows_it(tmp_path):
     assert result.message.startswith("site c1: process exited with code 7 while in state 'send'"), result.message
 
 
+@pytest.mark.parametrize("request_cut", ["status", "data"])
+def test_an_answer_cut_off_is_reported_as_the_exit_that_follows_it(tmp_path, request_cut):
+    """A client killed while it answers GET /status or GET /data leaves an empty body, before its exit is
+    visible: no answer (never a status, never a payload to deliver), and the exit is the news."""
+    federation = make_federation(tmp_path, [3])
+    result = run_federation(federation.clients, federation.generic, federation.output, DROPPER,
+                            env={"DROPPER_AT": request_cut})
+    assert not result.ok
+    assert result.failed_site == "c1"
+    assert result.message.startswith("site c1: process exited with code 7"), result.message
+
+
 @pytest.mark.slow
 def test_stopped_client_is_detected_as_unresponsive(tmp_path):
     federation = make_federation(tmp_path, [3, 5], rounds=40, round_delay=0.1)

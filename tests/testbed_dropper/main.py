@@ -1,7 +1,10 @@
-"""A client that dies the way a killed container does: its connection drops before its exit is visible.
+"""A client that dies the way a killed client does: its answer is cut off before its exit is visible.
 
 It speaks just enough of the controller protocol to have an item queued; `GET /data`
-resets the connection, and the process exits with code 7 half a second later.
+resets the connection (a killed container's vanished network), and the process exits with code 7
+half a second later. With DROPPER_AT=status (every `GET /status` after `POST /setup`) or
+DROPPER_AT=data (`GET /data`), the answer is cut off after its headers instead, as a process
+killed while it answers: the body arrives empty.
 """
 import argparse
 import json
@@ -17,12 +20,25 @@ EXIT_DELAY = 0.5
 
 
 class Handler(BaseHTTPRequestHandler):
+    set_up = False
+
     def do_POST(self):
+        Handler.set_up = Handler.set_up or self.path.startswith("/api/setup")
         self._answer(b"{}")
 
     def do_GET(self):
-        if self.path.startswith("/api/status"):
-            self._answer(json.dumps({"available": True, "state": "running", "message": "sending"}).encode())
+        cut = os.environ.get("DROPPER_AT")
+        if (cut == "status" and self.path.startswith("/api/status") and Handler.set_up
+                or cut == "data" and self.path.startswith("/api/data")):
+            self.send_response(200)   # no length: the body is whatever arrives before the connection closes
+            self.end_headers()
+            self.close_connection = True
+            threading.Thread(target=_exit_soon, daemon=True).start()
+        elif self.path.startswith("/api/status"):
+            status = {"available": True, "state": "running", "message": "sending"}
+            if cut == "data":   # an SMPC item: an empty body delivered as one would fail as "not JSON"
+                status["smpc"] = {"operation": "add", "exponent": 8}
+            self._answer(json.dumps(status).encode())
         elif self.path.startswith("/api/data"):
             # SO_LINGER with a zero timeout makes close() send a reset, as a vanished network namespace does.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
