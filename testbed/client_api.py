@@ -62,9 +62,7 @@ class ClientApi:
     def status(self, timeout: float) -> Status:
         """The engine answers a dict when it has nothing queued, and the queued item's status,
         itself a JSON string, when it has; both arrive here as a JSON object (or a JSON string of one)."""
-        raw = self._request("GET", "/status", None, timeout)
-        if not raw:   # the connection closed before the body: a client killed as it answered, not a wrong answer
-            raise Unreachable("GET /status failed: the answer ended before its body")
+        raw = self._get("/status", timeout)
         try:
             value: Any = json.loads(raw)
             if isinstance(value, str):
@@ -78,14 +76,19 @@ class ClientApi:
 
     def pull(self, timeout: float) -> bytes:
         """The next outgoing item (whose status the last `status()` returned)."""
-        body = self._request("GET", "/data", None, timeout)
-        if not body:   # the engine never queues an empty item (it sends pickles or JSON): the answer was cut off
-            raise Unreachable("GET /data failed: the answer ended before its body")
-        return body
+        return self._get("/data", timeout)
 
     def push(self, body: bytes, sender: str, memo: str | None, timeout: float) -> None:
         query = {"client": sender} if memo is None else {"client": sender, "memo": memo}
         self._request("POST", "/data?" + urllib.parse.urlencode(query), body, timeout)
+
+    def _get(self, path: str, timeout: float) -> bytes:
+        """GET /status or /data. The engine never answers them with an empty body (a status is JSON, an item a
+        pickle or JSON): an empty one is an answer cut off by the client's end, no answer, not a wrong one."""
+        body = self._request("GET", path, None, timeout)
+        if not body:
+            raise Unreachable(f"GET {path} failed: the answer ended before its body")
+        return body
 
     def _request(self, method: str, path: str, body: bytes | None, timeout: float,
                  headers: dict[str, str] | None = None) -> bytes:
