@@ -46,6 +46,7 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
     from FeatureCloud.app.api.http_ctrl import api_server
     import FeatureCloud.app.engine.app as engine
 
+    from app.early_start import EarlyStart
     from states import Folders, register_states
     from web.server import ThreadedServer, serialized, web_app
     from web.status import StatusBoard
@@ -56,19 +57,21 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
         import torch
         torch.set_num_threads(int(os.environ["KD_NUM_THREADS"]))
     container = Folders()
+    folders = Folders(input_dir or container.input_dir, output_dir or container.output_dir)
     board = StatusBoard()   # what this site's /web page shows
-    register_states(engine.app, Folders(input_dir or container.input_dir, output_dir or container.output_dir), board)
+    early = EarlyStart(folders.input_dir, folders.output_dir)
+    register_states(engine.app, folders, board, early)
     engine.app.register()
-    _preload_before_first_state(engine.app)
+    early.start(after=_preload_before_first_state(engine.app))
     server = Bottle()
     server.mount("/api", serialized(api_server, threading.Lock()))
     server.mount("/web", web_app(board).wsgi)   # also answers /web without the slash
     server.run(server=ThreadedServer(host=host, port=port), quiet=True)
 
 
-def _preload_before_first_state(app) -> None:
-    """Import PRELOAD in the background from now on, and start the state machine (which the controller's
-    POST /setup starts) only once that is done.
+def _preload_before_first_state(app) -> "threading.Thread":
+    """Import PRELOAD in the background from now on (the thread that does, returned), and start the state
+    machine (which the controller's POST /setup starts) only once that is done.
 
     In a container nothing else is imported before it: torch._dynamo alone took 2-6 s there, in the first
     round, while the other sites waited for this one's update. Imported now, it overlaps the wait for the
@@ -107,6 +110,7 @@ def _preload_before_first_state(app) -> None:
     # handle_setup starts its thread on `app.guarded_run`, looked up at that moment.
     state_machine = app.guarded_run
     app.guarded_run = run_after_preload
+    return loading
 
 
 def main(argv: list[str]) -> int:

@@ -33,7 +33,7 @@ from app import checkpoint, cv_summary, files
 from app.report import render_cv_report
 from app.config import KDConfig, effective_document, load_config, read_document
 from app.errors import ConfigError, DataError, FederationError, KDError
-from app.idle import IdleTime
+from app.idle import IdleTime, in_background, settle
 from app.results import (export_student, federation_summary, finish_outputs, measure_teacher, prepare_outputs,
                          site_summary)
 from app.site import CONFIG_FILE, Site, resolve_input
@@ -121,6 +121,19 @@ class Folds:
         folds.log(f"cross-validation: {len(names)} folds in {config.logic.dir}/ ({', '.join(names)}), "
                   "trained in the same rounds")
         return folds
+
+    def rename(self, name: str) -> None:
+        """The site (every fold) is ``name`` from now on: the controller names a site read before (``EarlyStart``)."""
+        self.name = name
+        for site in self.sites.values():
+            site.name = name
+
+    def teach_early(self) -> None:
+        """Compute what ``Site.teach_early`` allows ahead, in one background thread, one fold after the other
+        (the folds may share one teacher)."""
+        early = [(site, future) for site in self.sites.values() if (future := site.teach_early()) is not None]
+        if early:
+            in_background(lambda: [settle(future, site.teacher_outputs) for site, future in early], "early teacher")
 
     def log(self, message: str) -> None:
         self.log_lines.append(f"{time.strftime('%H:%M:%S')} {message}")

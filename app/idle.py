@@ -92,16 +92,10 @@ class IdleTime:
 
     def start(self, job: Callable[[], T], name: str = "idle-time job") -> "Future[T]":
         """Run ``job`` in a background thread (it paces itself with ``run``/``whole``); its Future."""
-        future: Future[T] = Future()
-
-        def body() -> None:
+        def body() -> T:
             self._lower_priority()
-            try:
-                future.set_result(job())
-            except BaseException as error:  # noqa: BLE001 — handed to whoever asks for the result
-                future.set_exception(error)
-        threading.Thread(target=body, name=name, daemon=True).start()
-        return future
+            return job()
+        return in_background(body, name)
 
     def finish(self) -> None:
         """From now on every piece runs at once: call it when a job's result is needed now."""
@@ -136,3 +130,18 @@ class IdleTime:
 
 
 ALWAYS = IdleTime(always=True)
+
+
+def in_background(job: Callable[[], T], name: str) -> "Future[T]":
+    """Run ``job`` in a daemon thread (the process need not wait for it to exit); its Future."""
+    future: Future[T] = Future()
+    threading.Thread(target=settle, args=(future, job), name=name, daemon=True).start()
+    return future
+
+
+def settle(future: "Future[T]", job: Callable[[], T]) -> None:
+    """Run ``job`` and put its result, or what it raised, into ``future``."""
+    try:
+        future.set_result(job())
+    except BaseException as error:  # noqa: BLE001 — handed to whoever asks for the result
+        future.set_exception(error)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable
 
@@ -132,6 +133,8 @@ class Site:
         self.log_lines: list[str] = []
         self.teaching: Teaching | None = None   # the students' views and teacher targets, from prepare_teacher
         self.teacher_evaluation: Evaluation | None = None
+        # teach_early: what the teacher's outputs were computed from, and their Future
+        self._early_teacher: tuple[tuple, Future] | None = None
         self.evaluations: dict[str, Evaluation] = {}
         self.rounds: list[dict] = []
         self.last_stats: dict[str, dict] = {}
@@ -360,7 +363,7 @@ class Site:
         self.num_classes = agreed_classes(self.teacher, self.student, self.train, self.test,
                                           (config.teacher_model, config.student_model), self.device,
                                           classes=classes)
-        self.log(f"site {self.name}: {len(self.train)} training and {len(self.test)} test samples of shape "
+        self.log(f"{len(self.train)} training and {len(self.test)} test samples of shape "
                  f"{list(self.train.sample_shape)}, {self.num_classes} classes, device {self.device}")
         fixed = normalization.fixed(config.normalize, self.train.sample_shape[0])
         if fixed is not None:
@@ -466,13 +469,51 @@ class Site:
                                 round_index=self.config.teacher_rounds, device=self.device, role="teacher")
             self.log(f"teacher trained locally for {self.config.teacher_epochs} epochs "
                      f"(train loss {stats['train_loss']:.4f}, {stats['seconds']:.1f}s)")
-        self.teacher.eval().requires_grad_(False)
-        self.teacher_evaluation = evaluate(self.teacher, self.test, self.num_classes, self.device)
-        self.teaching = prepare_teaching(self.teacher, self.train, self.config, self.device)
+        self.teacher_evaluation, self.teaching = self._early_teacher_outputs() or self.teacher_outputs()
         self.log(f"teacher: test accuracy {self.teacher_evaluation.accuracy:.4f}; {self.teaching.description}")
         release_free_memory()
         self.timings.phase_done("teacher")
         return self.teacher_evaluation
+
+    def teach_early(self) -> Future | None:
+        """A Future for ``teacher_outputs``, for the caller to compute ahead of ``prepare_teacher`` (while the
+        site waits for the controller or the plan), or None if something still to come may change them:
+        teacher rounds or epochs train the teacher, image folders are decoded with the federation's classes,
+        normalize: federated waits for every site's statistics. ``prepare_teacher`` takes the outputs only
+        if the teacher and the data are still the ones they were computed from."""
+        config = self.config
+        if config.teacher_epochs or config.teacher_rounds or self.train is None or self.needs_channel_sums():
+            return None
+        self._early_teacher = (self._teacher_inputs(), Future())
+        return self._early_teacher[1]
+
+    def teacher_outputs(self) -> tuple[Evaluation, Teaching]:
+        """The frozen teacher's evaluation on the test set, and its targets for the students."""
+        self.teacher.eval().requires_grad_(False)
+        return (evaluate(self.teacher, self.test, self.num_classes, self.device),
+                prepare_teaching(self.teacher, self.train, self.config, self.device))
+
+    def _early_teacher_outputs(self) -> tuple[Evaluation, Teaching] | None:
+        """What ``teach_early`` computed (waiting for it), if it was computed from what the teacher would
+        see now; raises what computing it raised, as computing it now would."""
+        if self._early_teacher is None:
+            return None
+        inputs, future = self._early_teacher
+        self._early_teacher = None
+        outputs = future.result()
+        if inputs != self._teacher_inputs():
+            self.log("the teacher or the data changed after the teacher's outputs were computed ahead: "
+                     "computing them again")
+            return None
+        return outputs
+
+    def _teacher_inputs(self) -> tuple:
+        """What the teacher's outputs depend on that the run could change: the teacher's tensors (each with
+        its count of in-place changes, which loading weights raises), the data and their normalization, the
+        class count."""
+        tensors = [*self.teacher.parameters(), *self.teacher.buffers()]
+        return (tuple((id(tensor), tensor._version) for tensor in tensors), id(self.train), id(self.test),
+                self.train.normalization, self.test.normalization, self.num_classes, str(self.device))
 
     # ------------------------------------------------------------------ rounds
     def train_round(self) -> object:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import FeatureCloud.app.engine.app as engine
 from FeatureCloud.app.engine.app import AppState, DPNoisetype, State
 
+from app.early_start import EarlyStart
 from app.errors import ERROR_MARKER, KDError, first_line
 from app.files import write_error
 from app.folds import Folds
@@ -42,13 +43,14 @@ class KDState(AppState):
     """Base state: ``step()`` does the work. A user mistake (KDError) is printed as one
     ``KD-ERROR <json message>`` line, because the engine reports only the exception's class
     name to the controller; every failure also leaves ``unfinished/error.txt`` in the output.
-    Every state of an app instance holds that instance's ``folders`` and ``board`` (what its
-    /web page shows)."""
+    Every state of an app instance holds that instance's ``folders``, ``board`` (what its
+    /web page shows) and ``early`` (its input read before the controller named the site, if it was)."""
 
-    def __init__(self, folders: Folders, board: StatusBoard) -> None:
+    def __init__(self, folders: Folders, board: StatusBoard, early: EarlyStart | None = None) -> None:
         super().__init__()
         self.folders = folders
         self.board = board
+        self.early = early
 
     def step(self) -> str:
         raise NotImplementedError
