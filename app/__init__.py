@@ -2,7 +2,8 @@
 
 One site's work, readable and testable without any federation:
 
-- settings and inputs: ``config`` (config.yml: every key, default and rule), ``data`` (datasets to
+- settings and inputs: ``config`` (config.yml: every key, default and rule), ``early_start`` (the
+  input read, and a frozen teacher run, before the controller names the site), ``data`` (datasets to
   tensors, checked; batches scaled and normalized), ``images`` (image files decoded), ``numpy_files``
   (every ``np.load``; FeatureCloud's array layouts), ``model_files`` (class ``Model`` from the user's
   .py files), ``weights`` (safe weight loading), ``torch_files`` (every ``torch.load`` and its trust
