@@ -24,6 +24,7 @@ import torch
 import yaml
 
 import main
+from app import results
 from states import Folders, register_states
 from testbed.client_api import Status
 from testbed.controller import Timeouts, client_env, run_federation
@@ -272,11 +273,12 @@ def engine_status(app: engine.App) -> Status:
     return Status(**{key: item for key, item in value.items() if key in Status.__dataclass_fields__})
 
 
-def run_in_one_process(sites, timeout=600.0) -> dict[str, engine.App]:
+def run_in_one_process(sites, timeout=600.0, when_finished=lambda site_id: None) -> dict[str, engine.App]:
     """Every site an engine ``App`` of this process with its own folders, driven through the engine's
     handle_* calls as FeatureCloud's in-process mock controller (FeatureCloud/app-four, utils.py
     ``Controller``) drives them, brought up to the memo protocol: one status before each data pull,
-    memos and destinations routed by the test-bed's Router."""
+    memos and destinations routed by the test-bed's Router. ``when_finished(site_id)`` is called as soon as
+    a site's status says finished."""
     apps = {site.id: register_states(engine.App(), Folders(site.input_dir, site.output_dir), StatusBoard())
             for site in sites}
     ids = list(apps)
@@ -294,7 +296,8 @@ def run_in_one_process(sites, timeout=600.0) -> dict[str, engine.App]:
             if status.available:
                 for post in router.route(site_id, status, app.handle_outgoing()):
                     apps[post.recipient].handle_incoming(post.body, post.delivery.sender, post.delivery.memo)
-            elif status.finished:
+            elif status.finished and site_id not in finished:
+                when_finished(site_id)
                 finished.add(site_id)
         assert time.monotonic() < deadline, "the in-process federation did not finish"
         time.sleep(0.02)
@@ -304,7 +307,9 @@ def run_in_one_process(sites, timeout=600.0) -> dict[str, engine.App]:
 def test_two_sites_in_one_process_end_with_the_student_of_separate_processes(quick_runs, tmp_path, monkeypatch):
     """Model initialisation (a teacher trained from scratch, the student) and dropout (the teacher's, in the
     federated teacher rounds) draw from torch's global generator, and the sites' folders are per app
-    instance: two sites sharing a process must not disturb each other."""
+    instance: two sites sharing a process must not disturb each other.
+    Also: the coordinator finishes only once every other site's outputs are written, even when they take it
+    a second longer (the platform may stop a run's containers when its coordinator finishes)."""
     clients, generic, separate, _ = quick_runs(**FEDERATED_TEACHER)
     assert separate.ok, separate.message
     sites = prepare_sites(clients, generic, tmp_path, tmp_path / "work")
@@ -312,10 +317,20 @@ def test_two_sites_in_one_process_end_with_the_student_of_separate_processes(qui
         monkeypatch.setattr(engine, name, value)
     threads = torch.get_num_threads()
     torch.set_num_threads(int(client_env(len(sites), None)["KD_NUM_THREADS"]))   # as each separate process has
+    write_events = results.write_events
+    monkeypatch.setattr(results, "write_events", lambda metrics, path: (
+        time.sleep(1.0 if metrics["site"] != sites[0].id else 0), write_events(metrics, path)))
+    written_when_coordinator_finished = {}
+
+    def finished(site_id):
+        if site_id == sites[0].id:
+            written_when_coordinator_finished.update({site.id: (site.output_dir / "metrics.json").is_file()
+                                                      for site in sites[1:]})
     try:
-        apps = run_in_one_process(sites)
+        apps = run_in_one_process(sites, when_finished=finished)
     finally:
         torch.set_num_threads(threads)
+    assert written_when_coordinator_finished == {site.id: True for site in sites[1:]}
     # Each app's site is its Folds (one fold, the site itself, without cross-validation).
     teachers = [site.teacher.state_dict() for app in apps.values() for site in app.internal["site"].sites.values()]
     assert len(teachers) == 2
