@@ -244,16 +244,15 @@ class Folds:
         return {fold: prepare_outputs(site, exported[fold]) for fold, site in self.sites.items()}
 
     def write_outputs(self, federation: list[dict] | None = None, exported: dict[str, dict] | None = None,
-                      prepared: dict[str, dict] | None = None, publish: bool = True) -> dict:
+                      prepared: dict[str, dict] | None = None) -> dict:
         """Every fold's outputs in its folder; with folds also their summary at the top of the output
         folder (metrics.json, report.md, config.yml, log.txt). ``federation``: every site's
         ``done_summary`` (coordinator only); ``exported``: what ``export_students`` returned;
         ``prepared``: what ``prepare_outputs`` returned, if it ran already.
-        Nothing is published before everything is written; ``publish=False`` leaves that to ``publish()``.
-        Returns the metrics of the top folder."""
+        Nothing is published before everything is written. Returns the metrics of the top folder."""
         prepared = prepared or self.prepare_outputs(exported)
         if not self.cross_validation:
-            return finish_outputs(self._first, prepared[FILE_MODE], federation, publish)
+            return finish_outputs(self._first, prepared[FILE_MODE], federation)
         metrics = {fold: finish_outputs(site, prepared[fold], [summary["folds"][fold] for summary in federation]
                                         if federation else None, publish=False)
                    for fold, site in self.sites.items()}
@@ -268,16 +267,10 @@ class Folds:
                            out / files.CONFIG)
         self.log(f"cross-validation summary written to {self.output_dir}")
         files.write_text(out / files.LOG, "\n".join(self.log_lines) + "\n")
-        if publish:
-            self.publish()
-        return summary
-
-    def publish(self) -> None:
-        """Move every output written so far out of ``unfinished/`` (``files.publish``), the folds' first."""
-        if self.cross_validation:
-            for site in self.sites.values():
-                files.publish(site.output_dir)
+        for site in self.sites.values():
+            files.publish(site.output_dir)
         files.publish(self.output_dir)
+        return summary
 
     # ---------------------------------------------------------------- messages
     def _merge(self, payloads: dict[str, Any]) -> Any:

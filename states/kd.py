@@ -6,7 +6,7 @@
 One transition per round (the app sets the engine's TRANSITION_WAIT to 0; the platform's is 1 s);
 the initial state makes its several exchanges without one. Memos name the phase and round
 (``survey``, ``plan``, ``norm_update``, ``norm_global``, ``t2_update``, ``r3_update``,
-``r3_global``, ``summary``, ``done``): URL-safe and unique, as the engine requires.
+``r3_global``, ``done``): URL-safe and unique, as the engine requires.
 ``register_states`` puts the states on one engine ``App`` with that app's folders and page.
 """
 from __future__ import annotations
@@ -83,9 +83,7 @@ class DistillState(KDState):
 
 
 class WriteResultsState(KDState):
-    """Write every site's outputs. Each site sends the coordinator its summary as soon as its models are
-    exported, and ``done`` once its outputs are written; the coordinator writes the federation's outputs
-    meanwhile, publishes them once every site is done, and only then ends."""
+    """Write every site's outputs; the coordinator ends only after every site reported DONE."""
 
     def register(self) -> None:
         self.register_transition("terminal", Role.BOTH)
@@ -94,17 +92,13 @@ class WriteResultsState(KDState):
         site = self.site
         self.report("writing results", 1 - RESULTS_SHARE)
         exported = site.export_students()   # first: the summary carries the int8 model's accuracy
-        self.send_data_to_coordinator(site.done_summary(exported), memo="summary")
-        if self.is_coordinator:
+        if self.is_coordinator:   # its own outputs first, while the other sites write theirs
             prepared = site.prepare_outputs(exported)
-            metrics = site.write_outputs(federation=self.gather_data(memo="summary"), prepared=prepared,
-                                         publish=False)
-            self.send_data_to_coordinator(True, memo="done")
-            self.gather_data(memo="done")
-            site.publish()
+            self.send_data_to_coordinator(site.done_summary(exported), memo="done")
+            metrics = site.write_outputs(federation=self.gather_data(memo="done"), prepared=prepared)
         else:
             metrics = site.write_outputs(exported=exported)
-            self.send_data_to_coordinator(True, memo="done")
+            self.send_data_to_coordinator(site.done_summary(exported), memo="done")
         self.report("done", 1.0)
         self.board.finish(metrics, site.output_dir, REPORT)
         self.wait_until_sent()

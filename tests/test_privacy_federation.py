@@ -59,13 +59,12 @@ def test_secure_aggregation_matches_plain_fedavg_and_the_coordinator_receives_on
             assert used["pixels"] == 2 * 600 * 28 * 28 and used["sites"] == 2
     # What the coordinator receives under SMPC: every update (the normalization statistics' and the
     # round's) only as the sum over all sites, never one site's own. The only other memos are the
-    # survey (class folder names, whether images have colour), the final summary (test accuracies) and
-    # the word that a site's outputs are written.
+    # survey (class folder names, whether images have colour) and the final summary (test accuracies).
     received = secure.traffic[secure.coordinator]
     updates = [d for d in received if d.memo.endswith("_update")]
     assert [d.memo for d in updates] == ["norm_update", "r1_update"]
     assert all(d.kind == "smpc_sum" for d in updates)
-    assert {d.memo for d in received if d not in updates} == {"survey", "summary", "done"}
+    assert {d.memo for d in received if d not in updates} == {"survey", "done"}
     students = [(secure.outputs[site] / "student.pt").read_bytes() for site in ("site1", "site2")]
     assert students[0] == students[1]
     # with 2 sites the coordinator can subtract its own update from the sum: every site says so

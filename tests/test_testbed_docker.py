@@ -118,8 +118,7 @@ def test_two_containers_end_with_the_same_student_like_local_processes(tmp_path,
                 for site, deliveries in result.traffic.items()}
     assert received == {
         "site1": sorted([("survey", "site2", "to_coordinator"), ("r1_update", "site2", "to_coordinator"),
-                         ("r2_update", "site2", "to_coordinator"), ("summary", "site2", "to_coordinator"),
-                         ("done", "site2", "to_coordinator")]),
+                         ("r2_update", "site2", "to_coordinator"), ("done", "site2", "to_coordinator")]),
         "site2": sorted([("plan", "site1", "broadcast"), ("r1_global", "site1", "broadcast"),
                          ("r2_global", "site1", "broadcast")])}
 
