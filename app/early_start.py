@@ -68,7 +68,7 @@ class EarlyStart:
             self._log.to(log)
             if self._error is not None:
                 raise self._error
-            self._folds.rename(name)
+            self._folds.begin_run(name)
             for site in self._folds.sites.values():
                 site.status = status
             return self._folds

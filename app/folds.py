@@ -37,6 +37,7 @@ from app.idle import IdleTime, in_background, settle
 from app.results import (export_student, federation_summary, finish_outputs, measure_teacher, prepare_outputs,
                          site_summary)
 from app.site import CONFIG_FILE, Site, resolve_input
+from app.timings import Timings
 from app.training import Evaluation
 from app.transport import Models, Wire
 
@@ -122,11 +123,14 @@ class Folds:
                   "trained in the same rounds")
         return folds
 
-    def rename(self, name: str) -> None:
-        """The site (every fold) is ``name`` from now on: the controller names a site read before (``EarlyStart``)."""
+    def begin_run(self, name: str) -> None:
+        """The controller named this site, read before it did (``EarlyStart``): every fold is ``name`` now, and
+        the run's clock (``timings``, the seconds in metrics.json) starts now, as if it had been read now."""
         self.name = name
         for site in self.sites.values():
             site.name = name
+            site.started = time.time()
+            site.timings = Timings()
 
     def teach_early(self) -> None:
         """Compute what ``Site.teach_early`` allows ahead, in one background thread, one fold after the other

@@ -1,13 +1,12 @@
 """Where a site's run time goes, in seconds, written to metrics.json as ``timings``.
 
-    {"start": <epoch seconds when the site began reading its input>,
+    {"start": <epoch seconds when the site's first state began>,
      "initial": s, "teacher": s,
      "rounds": [{"round": 1, "training": s, "evaluation": s, "exchange": s}, ...],
      "write_results": s}
 
-The app begins reading as soon as it serves (``early_start``), so ``initial`` also holds the wait
-for the controller's POST /setup and the engine's one-second sleep there, and ``teacher`` only what
-the teacher still had to compute once the plan was agreed. A round runs from the end of the previous one (or of the teacher phase) to its own end;
+Work the site did before the controller named it (``early_start``) is not counted: ``teacher`` is
+what the teacher still had to do then. A round runs from the end of the previous one (or of the teacher phase) to its own end;
 ``exchange`` is what is neither local training nor evaluation: sending the update, waiting
 for the other sites and the coordinator, receiving and loading the global model, the
 checkpoint, the engine's state transition. ``write_results`` runs until metrics.json is

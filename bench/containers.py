@@ -10,7 +10,7 @@ supervisord and nginx, each container importing torch itself, removing the conta
 Issue 15's target: the container run within 4 s of the local one.
 
 Where the difference lies, from the coordinator's ``metrics.json`` timings (as in
-``bench.run_breakdown``): start-up (launch to the site beginning to read its input), each phase, and shutdown (its
+``bench.run_breakdown``): start-up (launch to its first state), each phase, and shutdown (its
 last phase to the command's exit). Local training is the same computation in both runs, so the
 containers' training time over the local one says whether both got the same CPU: on a busy
 machine with cgroup v1, Docker puts all containers under one CPU weight that competes with every
@@ -34,7 +34,7 @@ from bench.run_breakdown import compact, federation, site_rows
 PRELOAD_LINE = re.compile(r"start-up imports took ([\d.]+) s in the background; the first state waited ([\d.]+) s")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "containers.txt"
-PHASES = {"process start": "start-up (launch to reading)", "initial": "initial", "teacher": "teacher",
+PHASES = {"process start": "start-up (launch to 1st state)", "initial": "initial", "teacher": "teacher",
           "rounds: training": "rounds: training", "rounds: evaluation": "rounds: evaluation",
           "rounds: exchange": "rounds: exchange and waiting", "write results": "write results",
           "shutdown": "shutdown (to exit)"}

@@ -8,9 +8,9 @@ the next on an idle 2-core VM, so one pair cannot carry a ratio):
   1. the README's quick start, ``python main.py simulate`` on the sample federation (two local
      processes on the real engine, driven over HTTP by the test-bed), timed from launching the
      command to its exit. Each site's ``metrics.json`` ``timings`` say where its time went:
-     process start (launch to the site beginning to read its input: the test-bed, the fork server's
-     imports), initial (reading, POST /setup and its one-second sleep, the plan), teacher (what is left
-     of it: the teacher runs from the moment the input is read), each round (training / evaluation / exchange and waiting),
+     process start (launch to the site's first state: the test-bed, the fork server's imports,
+     POST /setup), initial, teacher (what the teacher still had to do: a frozen one runs from the moment
+     the input is read, before POST /setup), each round (training / evaluation / exchange and waiting),
      writing results; shutdown is what remains until the command exits.
   2. ``python -m bench.plain_loop``: the same work in one process without any framework (sites
      one after the other, same data, models, seed and rounds, teacher logits cached, FedAvg

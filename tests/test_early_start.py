@@ -32,13 +32,16 @@ def set_config(folder, **changes):
     path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
-def test_the_site_read_early_is_named_then_and_its_teacher_outputs_are_those_computed_now(tmp_path):
+def test_the_site_read_early_is_named_and_timed_from_then_and_its_teacher_outputs_are_those_computed_now(tmp_path):
     folder = site_input(tmp_path / "in", n_train=300, n_test=100)
     early = started(folder, tmp_path)
+    time.sleep(0.5)   # the controller names the site later; the run's clock starts then
     lines, statuses = [], []
+    named = time.time()
     folds = early.take("c7", log=lines.append, status=statuses.append)
     site = folds.sites[""]
     assert folds.name == site.name == "c7"
+    assert site.started >= named and site.timings.start >= named
     assert "300 training and 100 test samples of shape [1, 28, 28], 10 classes, device cpu" in lines
     site.status("decoding")   # where decoding image folders reports to
     assert statuses == ["decoding"]
