@@ -117,17 +117,16 @@ def write_outputs(site: "Site", federation: list[dict] | None = None, exported: 
 
 
 def prepare_outputs(site: "Site", exported: dict | None = None) -> dict:
-    """The outputs that need only this site (measurements, its plots, rounds.csv, config.yml), in
-    ``unfinished/``; returns the metrics so far. The coordinator makes these while the other sites
-    write theirs, and finishes (``finish_outputs``) once their summaries are in."""
-    if exported is None:
-        exported = export_student(site)
-    # Outside the process's turn: a teacher measured in the background may need it to finish.
-    return _prepare_outputs(site, exported, teacher_summary(site.teacher, site.train.sample_shape))
+    """The outputs that need only this site (the student's measurements, its plots, rounds.csv,
+    config.yml), in ``unfinished/``; returns the metrics so far. The coordinator makes these while the
+    other sites write theirs, and finishes (``finish_outputs``) once their summaries are in. The
+    teacher's size and speed, measured in the background (``measure_teacher``), come in with
+    ``finish_outputs``: the coordinator's wait for the other sites is time that measurement can use."""
+    return _prepare_outputs(site, export_student(site) if exported is None else exported)
 
 
 @exclusive()
-def _prepare_outputs(site: "Site", exported: dict, teacher_size: dict) -> dict:
+def _prepare_outputs(site: "Site", exported: dict) -> dict:
     out = site.output_dir / files.UNFINISHED
     config = effective_config(site)
     # Each step's peak alone, not their sum: the export and int8 calibration, the teacher's batch of
@@ -136,9 +135,9 @@ def _prepare_outputs(site: "Site", exported: dict, teacher_size: dict) -> dict:
     student_size = summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
     metrics = {
         "site": site.name,
-        "teacher": {**site.teacher_evaluation.as_dict(), **teacher_size, "source": teacher_source(site)},
+        "teacher": {**site.teacher_evaluation.as_dict(), "source": teacher_source(site)},   # size: finish_outputs
         "student": {**site.evaluations["student"].as_dict(), **student_size},
-        "compression": compression(teacher_size, student_size),
+        "compression": None,   # finish_outputs, with the teacher's size
         "rounds": site.rounds,
         "first_round": site.first_round,
         "data": {"train_samples": len(site.train), "test_samples": len(site.test),
@@ -162,11 +161,21 @@ def _prepare_outputs(site: "Site", exported: dict, teacher_size: dict) -> dict:
     return metrics
 
 
-@exclusive()
 def finish_outputs(site: "Site", metrics: dict, federation: list[dict] | None = None,
                    publish: bool = True) -> dict:
-    """Add the federation's results (coordinator), write metrics.json, the TensorBoard events,
-    report.md and the log, and publish (``publish``) every output at once; returns the metrics."""
+    """Add the teacher's size and speed and the federation's results (coordinator), write metrics.json,
+    the TensorBoard events, report.md and the log, and publish (``publish``) every output at once;
+    returns the metrics."""
+    # Outside the process's turn: a teacher measured in the background may need it to finish.
+    teacher_size = teacher_summary(site.teacher, site.train.sample_shape)
+    evaluation = {key: value for key, value in metrics["teacher"].items() if key != "source"}
+    metrics["teacher"] = {**evaluation, **teacher_size, "source": metrics["teacher"]["source"]}
+    metrics["compression"] = compression(teacher_size, metrics["student"])
+    return _finish_outputs(site, metrics, federation, publish)
+
+
+@exclusive()
+def _finish_outputs(site: "Site", metrics: dict, federation: list[dict] | None, publish: bool) -> dict:
     out = site.output_dir / files.UNFINISHED
     if federation is not None:
         metrics["federation"] = federation_summary(federation)

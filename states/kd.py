@@ -95,7 +95,9 @@ class WriteResultsState(KDState):
         if self.is_coordinator:   # its own outputs first, while the other sites write theirs
             prepared = site.prepare_outputs(exported)
             self.send_data_to_coordinator(site.done_summary(exported), memo="done")
-            metrics = site.write_outputs(federation=self.gather_data(memo="done"), prepared=prepared)
+            with site.idle.waiting():   # its teacher's measurement, if unfinished, may go on meanwhile
+                federation = self.gather_data(memo="done")
+            metrics = site.write_outputs(federation=federation, prepared=prepared)
         else:
             metrics = site.write_outputs(exported=exported)
             self.send_data_to_coordinator(site.done_summary(exported), memo="done")

@@ -1,6 +1,7 @@
 """A site's idle time: background measurements run only while the site waits for the others."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -12,8 +13,11 @@ import torch
 from torch import nn
 
 from app import results
+from app.federation import federate
 from app.idle import IdleTime
+from app.site import Site
 from app.profile import fastest_ms, summarize
+from tests.conftest import site_input
 
 SHORT = 0.05   # long enough for a background thread to get going, on a busy machine too
 
@@ -147,3 +151,21 @@ def test_a_failing_background_measurement_fails_where_its_result_is_taken():
                             idle)
     with pytest.raises(RuntimeError):
         results.teacher_summary(teacher, (1, 4, 4))
+
+
+def test_a_sites_outputs_up_to_the_teachers_size_do_not_wait_for_its_measurement(tmp_path):
+    """The coordinator prepares its outputs, then waits for the other sites' in an idle window: a teacher
+    measurement the rounds' waits left unfinished may go on there, and only finishing the outputs needs it."""
+    site = Site.load(site_input(tmp_path / "in", n_train=200, n_test=100, max_iter=1), tmp_path / "out", "c1",
+                     log=lambda message: None)
+    federate([site], write=False)
+    idle = IdleTime()
+    results.measure_teacher(site, idle)
+    future, _ = results._TEACHER_SUMMARIES[site.teacher][site.train.sample_shape]
+    metrics = results.prepare_outputs(site)
+    assert not future.done()   # no window opened: the measurement has not run
+    assert "latency_ms_batch1" not in metrics["teacher"] and metrics["compression"] is None
+    metrics = results.finish_outputs(site, metrics)
+    assert metrics["teacher"]["latency_ms_batch1"] > 0 and metrics["compression"]["parameters_ratio"] > 10
+    assert list(metrics["teacher"])[-1] == "source"   # metrics.json keeps its order
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["teacher"] == metrics["teacher"]
