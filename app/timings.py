@@ -6,11 +6,11 @@
      "write_results": s}
 
 Work the site did before the controller named it (``early_start``) is not counted: ``teacher`` is
-what the teacher still had to do then. A round runs from the end of the previous one (or of the teacher phase) to its own end;
-``exchange`` is what is neither local training nor evaluation: sending the update, waiting
-for the other sites and the coordinator, receiving and loading the global model, the
-checkpoint, the engine's state transition. ``write_results`` runs until metrics.json is
-written (the coordinator's includes waiting for the other sites to finish theirs).
+what the teacher still had to do then. A round runs from the end of the previous one (or of the
+teacher phase) to its own end; ``exchange`` is what is neither local training nor evaluation:
+sending the update, waiting for the other sites and the coordinator, receiving and loading the
+global model, the checkpoint, the engine's state transition. ``write_results`` runs until
+metrics.json is written (the coordinator's includes waiting for the other sites to finish theirs).
 ``bench/run_breakdown.py`` reads these to show where a federation's wall time goes.
 """
 from __future__ import annotations

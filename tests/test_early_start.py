@@ -128,5 +128,6 @@ def test_a_client_whose_input_changed_before_the_controller_named_it_runs_on_the
                             out=io.StringIO())
     assert result.ok, result.message
     for site in ("site1", "site2"):
-        assert [row["round"] for row in json.loads((tmp_path / "out" / site / "metrics.json").read_text())["rounds"]] == [1]
+        metrics = json.loads((tmp_path / "out" / site / "metrics.json").read_text())
+        assert [row["round"] for row in metrics["rounds"]] == [1]
         assert "changed after the app began reading it: reading it again" in result.logs[site].read_text()
