@@ -61,20 +61,23 @@ class EarlyStart:
 
     def take(self, name: str, log: Callable[[str], None], status: Callable[[str], None]) -> Folds:
         """The site ``name``, as ``Folds.load`` would read it now: what was read early if the input folder is
-        unchanged (its log lines go to ``log`` now), else read again."""
+        unchanged (its log lines go to ``log`` now), else read again. What was read early is taken once."""
         if self._thread is not None:
             self._thread.join()
-        if self._snapshot is not None and _snapshot(self.input_dir) == self._snapshot:
-            self._log.to(log)
-            if self._error is not None:
-                raise self._error
-            self._folds.begin_run(name)
-            for site in self._folds.sites.values():
-                site.status = status
-            return self._folds
-        if self._snapshot is not None:
+        # Held here no longer: an input read again must not keep the first reading's data alive.
+        folds, error, self._folds, self._error = self._folds, self._error, None, None
+        if folds is None and error is None:   # nothing read early (too many files), or taken already
+            return Folds.load(self.input_dir, self.output_dir, name, log=log, status=status)
+        if _snapshot(self.input_dir) != self._snapshot:
             log(f"the input folder {self.input_dir} changed after the app began reading it: reading it again")
-        return Folds.load(self.input_dir, self.output_dir, name, log=log, status=status)
+            return Folds.load(self.input_dir, self.output_dir, name, log=log, status=status)
+        self._log.to(log)
+        if error is not None:
+            raise error
+        folds.begin_run(name)
+        for site in folds.sites.values():
+            site.status = status
+        return folds
 
 
 class _Relay:
