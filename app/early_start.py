@@ -31,7 +31,8 @@ Snapshot = dict[str, tuple[int, int, int, int] | None]
 
 
 class EarlyStart:
-    """The input of one site, read in a background thread from ``start`` on."""
+    """The input of one site, read in a background thread from ``start`` on (if never started, ``take``
+    reads it then)."""
 
     def __init__(self, input_dir: Path, output_dir: Path) -> None:
         self.input_dir = input_dir

@@ -44,9 +44,9 @@ class KDState(AppState):
     ``KD-ERROR <json message>`` line, because the engine reports only the exception's class
     name to the controller; every failure also leaves ``unfinished/error.txt`` in the output.
     Every state of an app instance holds that instance's ``folders``, ``board`` (what its
-    /web page shows) and ``early`` (its input read before the controller named the site, if it was)."""
+    /web page shows) and ``early`` (its input, read before the controller named the site if started)."""
 
-    def __init__(self, folders: Folders, board: StatusBoard, early: EarlyStart | None = None) -> None:
+    def __init__(self, folders: Folders, board: StatusBoard, early: EarlyStart) -> None:
         super().__init__()
         self.folders = folders
         self.board = board

@@ -15,7 +15,6 @@ from FeatureCloud.app.engine.app import App, Role, app_state
 
 from app.early_start import EarlyStart
 from app.files import REPORT
-from app.folds import Folds
 from states.base import RESULTS_SHARE, SETUP_SHARE, Folders, KDState
 from web.status import StatusBoard
 
@@ -29,9 +28,7 @@ class InitialState(KDState):
 
     def step(self) -> str:
         self.report("checking config, models, data", 0.0)
-        status = lambda message: self.report(message, SETUP_SHARE / 2)  # noqa: E731
-        site = (self.early.take(self.id, log=self.site_log, status=status) if self.early else
-                Folds.load(self.folders.input_dir, self.folders.output_dir, self.id, log=self.site_log, status=status))
+        site = self.early.take(self.id, log=self.site_log, status=lambda message: self.report(message, SETUP_SHARE / 2))
         self.store("site", site)
         self.board.publish(site=site.name, coordinator=self.is_coordinator, rounds_total=site.config.max_iter)
         self.configure_privacy()
@@ -114,8 +111,9 @@ STATES = {"initial": InitialState, "teacher": TeacherState, "distill": DistillSt
 def register_states(app: App, folders: Folders, board: StatusBoard, early: EarlyStart | None = None) -> App:
     """Put the app's states on ``app`` (the engine's own ``app`` in a container; any ``App`` instance when
     several sites share one process), each knowing ``folders`` and ``board``; the initial state takes the
-    site from ``early`` if given (``main.py serve`` starts reading before the controller's POST /setup).
-    Call ``app.register()`` afterwards."""
+    site from ``early`` (``main.py serve`` starts it before the controller's POST /setup; one never started
+    reads the input when the site is taken). Call ``app.register()`` afterwards."""
+    early = early or EarlyStart(folders.input_dir, folders.output_dir)
     for name, state in STATES.items():
         app_state(name, Role.BOTH, app, folders=folders, board=board, early=early)(state)
     return app
