@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import threading
 from pathlib import Path
 
 # featurecloud 0.1.0's waits are plain sleeps (1 s after every state, 10 s up to three times at the end,
@@ -36,7 +37,6 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
     """Serve the FeatureCloud API (/api) and the site's live page (/web) until the process ends; the site's
     folders are the container's (/mnt/input, /mnt/output) unless given."""
     import gc
-    import threading
 
     # Importing torch and the app makes a few hundred thousand objects and almost no garbage: collecting
     # during the imports is a fifth of their time. The preload turns the collector back on once it is done.
@@ -69,7 +69,7 @@ def serve(host: str, port: int, input_dir: Path | None = None, output_dir: Path 
     server.run(server=ThreadedServer(host=host, port=port), quiet=True)
 
 
-def _preload_before_first_state(app) -> "threading.Thread":
+def _preload_before_first_state(app) -> threading.Thread:
     """Import PRELOAD in the background from now on (the thread that does, returned), and start the state
     machine (which the controller's POST /setup starts) only once that is done.
 
@@ -80,7 +80,6 @@ def _preload_before_first_state(app) -> "threading.Thread":
     by the local test-bed has all of them already, and a failed import is left to the state that needs the
     module, which reports it. The garbage collector, off for the imports, runs again from then on."""
     import gc
-    import threading
     import time
 
     def preload() -> None:

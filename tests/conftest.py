@@ -1,7 +1,9 @@
 """Shared fixtures: small real-MNIST sites cut from the committed sample federation."""
 from __future__ import annotations
 
+import functools
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +11,17 @@ import pytest
 import yaml
 from PIL import Image
 
+from app import idle
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
 SECTION = "fc_knowledge_distillation"
+
+
+def in_background(call, *args, **kwargs) -> Future:
+    """``call(*args, **kwargs)`` in a daemon thread (``app.idle.in_background``): a run that a failing test
+    leaves behind does not keep pytest alive."""
+    return idle.in_background(functools.partial(call, *args, **kwargs), f"test: {getattr(call, '__name__', 'call')}")
 
 
 def sample_config() -> dict:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from testbed.logs import error_from_log
 from testbed.privacy import PayloadError, clip, dp_noise, gauss_sigma, smpc_sum
 from testbed.routing import Delivery, Router, RoutingError
 from testbed.sites import client_ids, prepare_sites
+from tests.conftest import in_background
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "tests" / "testbed_toy" / "main.py"
@@ -110,12 +110,6 @@ def assert_all_gone(launcher: RecordingLauncher) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(client.pid, 0)
 
-
-def in_background(call) -> Future:
-    pool = ThreadPoolExecutor(1)
-    future = pool.submit(call)
-    pool.shutdown(wait=False)
-    return future
 
 
 # --- whole federations ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from testbed.controller import FederationResult, Timeouts, run_federation
 from testbed.docker import LABEL, ContainerClient, DockerLauncher
 from testbed.launcher import ClientSpec, LaunchError
 from scripts.check_outputs import problems
-from tests.conftest import REPO, SAMPLE, SECTION
+from tests.conftest import REPO, SAMPLE, SECTION, in_background
 from tests.test_docker import IMAGE, docker, why_no_docker
 
 pytestmark = pytest.mark.docker
@@ -83,12 +83,6 @@ def containers(label: str) -> list[str]:
     assert listed.returncode == 0, listed.stderr
     return listed.stdout.split()
 
-
-def in_background(call, *args, **kwargs) -> Future:
-    pool = ThreadPoolExecutor(1)
-    future = pool.submit(call, *args, **kwargs)
-    pool.shutdown(wait=False)
-    return future
 
 
 def federate(clients: list[Path], generic: Path, output: Path, launcher: DockerLauncher,

@@ -15,7 +15,7 @@ import re
 import socket
 import time
 import urllib.parse
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import pytest
 from app.report import percent
 from scripts.browser import CHROMIUM, Page, get, is_blank, render, screenshot
 from testbed.controller import FederationResult, run_federation
-from tests.conftest import REPO, cut_site, generic_dir
+from tests.conftest import REPO, cut_site, generic_dir, in_background
 
 pytestmark = pytest.mark.slow
 
@@ -100,12 +100,6 @@ def look_after(pages: dict[str, str], folder: Path) -> dict:
         seen["api_beside_stalled"] = get(coordinator.replace("/web/", "/api/status"), timeout=5)
     return seen
 
-
-def in_background(call, *args, **kwargs) -> Future:
-    pool = ThreadPoolExecutor(1)
-    future = pool.submit(call, *args, **kwargs)
-    pool.shutdown(wait=False)
-    return future
 
 
 @pytest.fixture(scope="module")
