@@ -66,6 +66,20 @@ def test_a_teacher_changed_after_its_outputs_were_computed_ahead_is_run_again(tm
     assert torch.equal(site.teaching.logits, site.teacher_outputs()[1].logits)
 
 
+def test_data_normalized_after_the_teachers_outputs_were_computed_ahead_are_run_again(tmp_path):
+    """Outputs computed on unnormalized images must not serve normalized ones (normalize: federated sets
+    its statistics only after the plan; such a run never computes ahead, and this guard holds regardless)."""
+    folder = site_input(tmp_path / "in", n_train=300, n_test=100)
+    lines = []
+    site = started(folder, tmp_path).take("c1", log=lines.append, status=lambda message: None).sites[""]
+    early_logits = site._early_teacher[1].result()[1].logits
+    site.adopt_normalization({"mean": [0.5], "std": [0.25]})
+    site.prepare_teacher()
+    assert any("computing them again" in line for line in lines)
+    assert not torch.equal(site.teaching.logits, early_logits)
+    assert torch.equal(site.teaching.logits, site.teacher_outputs()[1].logits)
+
+
 def test_input_changed_after_reading_began_is_read_again(tmp_path):
     folder = site_input(tmp_path / "in", n_train=300, n_test=100, max_iter=3)
     early = started(folder, tmp_path)
