@@ -34,8 +34,8 @@ from app.report import render_cv_report
 from app.config import KDConfig, effective_document, load_config, read_document
 from app.errors import ConfigError, DataError, FederationError, KDError
 from app.idle import IdleTime, in_background, settle
-from app.results import (export_student, federation_summary, finish_outputs, measure_teacher, prepare_outputs,
-                         site_summary)
+from app.results import (export_student, federation_summary, finish_outputs, measure_student, measure_teacher,
+                         prepare_outputs, site_summary)
 from app.site import CONFIG_FILE, Site, resolve_input
 from app.timings import Timings
 from app.training import Evaluation
@@ -188,9 +188,11 @@ class Folds:
 
     def prepare_teacher(self) -> Evaluation:
         """Every fold's teacher ready; its evaluation (with folds: mean accuracy and loss over the folds,
-        the confusion matrix of all folds' test files together). The frozen teachers' size and speed are
-        measured from now on in this site's idle time (``idle``), for the outputs."""
+        the confusion matrix of all folds' test files together). The students' and the frozen teachers'
+        size and speed are measured from now on in this site's idle time (``idle``), for the outputs."""
         evaluations = list(self._each(lambda fold, site: site.prepare_teacher()).values())
+        for site in self.sites.values():
+            measure_student(site, self.idle)
         for site in self.sites.values():
             measure_teacher(site, self.idle)
         return evaluations[0] if not self.cross_validation else _mean_evaluation(evaluations)

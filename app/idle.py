@@ -3,7 +3,7 @@
 In every round a site sends its update and then waits for the global model; the coordinator
 waits for the others' updates. Its CPU is idle then (on a machine it shares with other sites,
 another site is using its own core). Measurements that do not depend on the rounds, such as the
-frozen teacher's size and speed, run in those windows instead of at the end of the run, where
+frozen teacher's size and speed and those of the student's architecture, run in those windows instead of at the end of the run, where
 every site would pay for them on the run's critical path:
 
     idle = IdleTime()
@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -47,6 +47,7 @@ class IdleTime:
         self._closed = 0          # windows closed so far: a piece that saw one close overlapped the site's work
         self._whole = 0           # pieces running that a window's end must wait for
         self._lowered = threading.local()   # a job thread's own priority while it runs at the lowest
+        self._last: Future | None = None   # the job started last: the next one runs after it
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
@@ -91,11 +92,18 @@ class IdleTime:
                 self._turn.notify_all()
 
     def start(self, job: Callable[[], T], name: str = "idle-time job") -> "Future[T]":
-        """Run ``job`` in a background thread (it paces itself with ``run``/``whole``); its Future."""
+        """Run ``job`` in a background thread (it paces itself with ``run``/``whole``); its Future.
+        Jobs run one after another, in the order started: they never compete for the idle core, and
+        one needed first can be started first."""
+        previous = self._last
+
         def body() -> T:
+            if previous is not None:
+                wait([previous])   # how it ended is for whoever takes its result
             self._lower_priority()
             return job()
-        return in_background(body, name)
+        self._last = in_background(body, name)
+        return self._last
 
     def finish(self) -> None:
         """From now on every piece runs at once: call it when a job's result is needed now."""

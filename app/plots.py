@@ -67,6 +67,10 @@ def _short(name: str, limit: int = 14) -> str:
 def _save_png(figure: plt.Figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.tight_layout()
+    # tight_layout leaves a placeholder layout engine behind, and for any engine savefig first draws the
+    # whole figure once without output, for the engine's layout: a third of each plot's saving time,
+    # for the same pixels (checked byte for byte on the run's plots).
+    figure.set_layout_engine(None)
     # zlib's fastest level: the files are a fifth larger (45 KB for a confusion matrix of 10 classes),
     # and compressing took a quarter of each plot's time at the end of every run (PNG is lossless either way).
     figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})

@@ -1,9 +1,9 @@
 """Everything a site leaves behind at the end of a run.
 
 ``export_student`` writes the student's model files (with ``quantize`` also the int8
-one, measured against the float one); ``write_outputs`` measures the final student
-(accuracy, size, latency, memory) and the teacher, unless ``measure_teacher`` had it measured
-while the site waited during the rounds, assembles ``metrics.json`` and writes
+one, measured against the float one); ``write_outputs`` measures the final student's accuracy
+and the size, latency and memory of student and teacher (unless ``measure_student`` and
+``measure_teacher`` had them measured while the site waited during the rounds), assembles ``metrics.json`` and writes
 every other file from that one dictionary, so report.md, rounds.csv and the plots
 always agree with it. It is ``prepare_outputs`` (what needs only this site) then
 ``finish_outputs`` (what needs the federation's results too), so the coordinator can do
@@ -122,17 +122,17 @@ def prepare_outputs(site: "Site", exported: dict | None = None) -> dict:
     other sites write theirs, and finishes (``finish_outputs``) once their summaries are in. The
     teacher's size and speed, measured in the background (``measure_teacher``), come in with
     ``finish_outputs``: the coordinator's wait for the other sites is time that measurement can use."""
-    return _prepare_outputs(site, export_student(site) if exported is None else exported)
+    exported = export_student(site) if exported is None else exported
+    # Outside the process's turn: a student measured in the background may need it to finish.
+    return _prepare_outputs(site, exported, student_summary(site))
 
 
 @exclusive()
-def _prepare_outputs(site: "Site", exported: dict) -> dict:
+def _prepare_outputs(site: "Site", exported: dict, student_size: dict) -> dict:
     out = site.output_dir / files.UNFINISHED
     config = effective_config(site)
-    # Each step's peak alone, not their sum: the export and int8 calibration, the teacher's batch of
-    # 256 (~90 MB here, the largest), then the student's.
+    # Each step's peak alone, not their sum: the export and int8 calibration, then the plots.
     release_free_memory()
-    student_size = summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
     metrics = {
         "site": site.name,
         "teacher": {**site.teacher_evaluation.as_dict(), "source": teacher_source(site)},   # size: finish_outputs
@@ -193,6 +193,29 @@ def _finish_outputs(site: "Site", metrics: dict, federation: list[dict] | None, 
     return metrics
 
 
+def measure_student(site: "Site", idle: IdleTime) -> None:
+    """Measure the student's size and speed in the background, in the site's ``idle`` time, instead of
+    at the end of the run. They depend on its architecture, not on the weights the rounds give it
+    (``summarize`` times random inputs), so a copy taken now stands for the final student; the copy,
+    because the rounds change the student's weights and mode meanwhile. ``student_summary`` takes the
+    result. Started before ``measure_teacher``: it is needed first, and idle-time jobs run in order."""
+    student, shape = copy.deepcopy(site.student).cpu(), site.train.sample_shape
+    _STUDENT_SUMMARIES[site.student] = (idle.start(lambda: summarize(student, shape, idle=idle).as_dict(),
+                                                   name=f"measuring {site.name}'s student"), idle)
+
+
+def student_summary(site: "Site") -> dict:
+    """``summarize`` of the site's student: what ``measure_student`` measured (the rest of it now, unpaused,
+    if the waits were too short), or a measurement now if none was started."""
+    started = _STUDENT_SUMMARIES.pop(site.student, None)
+    if started is None:
+        with exclusive():   # sites of one process take turns, as for every output
+            return summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
+    result, idle = started
+    idle.finish()
+    return result.result()
+
+
 def measure_teacher(site: "Site", idle: IdleTime) -> None:
     """Measure the site's frozen teacher (``teacher_summary``) in the background, in the site's ``idle``
     time (while it waits for the other sites in the rounds), instead of at the end of the run: its
@@ -230,6 +253,8 @@ def _done(value: dict) -> Future:
     return future
 
 
+# {student: (Future of its summary, the idle time it is measured in)}
+_STUDENT_SUMMARIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 # {teacher: {image shape: (Future of its summary, the idle time it is measured in)}}
 _TEACHER_SUMMARIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _TEACHER_LOCK = threading.Lock()

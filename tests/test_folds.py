@@ -20,7 +20,7 @@ import yaml
 from app import results
 from app.errors import ConfigError, ModelError
 from app.folds import Folds
-from app.profile import ModelSummary
+from app.profile import ModelSummary, parameter_count
 from app.report import cv_summary_table
 from scripts.make_sample_data import write_folds
 from testbed.controller import run_federation
@@ -155,8 +155,9 @@ def test_a_teacher_from_teacher_weights_serves_every_fold(tmp_path):
     assert [site.output_dir for site in folds.sites.values()] == [tmp_path / "out" / "data" / f for f in FOLDS]
 
 
-def test_the_folds_shared_teacher_is_measured_in_the_sites_waits(tmp_path):
-    """prepare_teacher hands the frozen teacher to the site's idle time (the states' waits), once."""
+def test_the_folds_students_and_shared_teacher_are_measured_in_the_sites_waits(tmp_path):
+    """prepare_teacher hands every fold's student and the frozen teacher (once) to the site's idle time
+    (the states' waits), the students first: their figures are needed first."""
     folder = fold_site(tmp_path / "in", "c1")
     fold_generic(folder)
     folds = Folds.load(folder, tmp_path / "out", "site1", log=lambda message: None)
@@ -164,10 +165,15 @@ def test_the_folds_shared_teacher_is_measured_in_the_sites_waits(tmp_path):
     folds.prepare_teacher()
     teacher = folds.sites[FOLDS[0]].teacher
     [(future, idle)] = results._TEACHER_SUMMARIES[teacher].values()
-    assert idle is folds.idle and not future.done()   # nothing ran: the site has not waited yet
+    students = [results._STUDENT_SUMMARIES[site.student] for site in folds.sites.values()]
+    assert {idle for _, idle in students} == {idle} and idle is folds.idle
+    assert not any(job.done() for job, _ in [*students, (future, idle)])   # nothing ran: the site has not waited yet
     with folds.idle.waiting():
         measured = future.result(timeout=120)
+        assert all(job.done() for job, _ in students)   # before the teacher's
     assert measured == results.teacher_summary(teacher, folds.sites[FOLDS[0]].train.sample_shape)
+    assert [results.student_summary(site)["parameters"] for site in folds.sites.values()] == \
+        [parameter_count(site.student) for site in folds.sites.values()]
 
 
 def test_a_shared_teacher_is_measured_once(monkeypatch):

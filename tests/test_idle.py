@@ -36,6 +36,26 @@ def test_a_job_runs_only_inside_windows():
     assert len(pieces) == 3
 
 
+def test_jobs_run_one_after_another_in_the_order_started():
+    idle, release, order = IdleTime(), threading.Event(), []
+
+    def first() -> None:
+        order.append("first started")
+        release.wait(10)
+        order.append("first ended")
+        raise RuntimeError("the first job failed")
+    failed = idle.start(first)
+    second = idle.start(lambda: order.append("second"))
+    idle.finish()
+    time.sleep(SHORT)
+    assert order == ["first started"] and not second.done()   # waits for the first, though it could run
+    release.set()
+    second.result(timeout=10)
+    assert order == ["first started", "first ended", "second"]
+    with pytest.raises(RuntimeError, match="first job failed"):   # for whoever takes its result, not the next job
+        failed.result()
+
+
 def test_a_piece_the_end_of_a_window_cut_short_is_reported():
     idle, started, release = IdleTime(), threading.Event(), threading.Event()
 
@@ -136,6 +156,29 @@ def test_the_teacher_is_measured_in_the_waits_and_its_result_used_at_the_end(mon
         summary = future.result(timeout=30)
     assert summary == results.teacher_summary(teacher, (1, 4, 4))
     assert summary["parameters"] == 51 and len(calls) == 1 and calls[0]["idle"] is idle
+
+
+def test_the_student_is_measured_in_the_waits_on_a_copy_that_the_rounds_leave_alone(monkeypatch):
+    """Its size and speed depend on its architecture, not on its weights: measured on a copy taken before
+    the rounds, which change the student's weights and mode meanwhile; the result is taken at the end."""
+    calls = []
+    real = results.summarize
+    monkeypatch.setattr(results, "summarize", lambda model, *args, **kwargs: calls.append(model) or real(model, *args,
+                                                                                                        **kwargs))
+    student, idle = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.Dropout()), IdleTime()
+    site = SimpleNamespace(name="c1", student=student, train=SimpleNamespace(sample_shape=(1, 4, 4)))
+    results.measure_student(site, idle)
+    future, _ = results._STUDENT_SUMMARIES[student]
+    with torch.no_grad():
+        student[1].weight.add_(1.0)   # a round trains the student meanwhile
+    time.sleep(SHORT)
+    assert not future.done()   # no window yet
+    with idle.waiting():
+        summary = future.result(timeout=30)
+    assert student.training   # the measurement switched its copy, not the student, to eval mode
+    assert calls[0] is not student and not torch.equal(calls[0][1].weight, student[1].weight)
+    assert results.student_summary(site) == summary and summary["parameters"] == 51 and len(calls) == 1
+    assert results.student_summary(site)["parameters"] == 51 and calls[1] is student   # none left: measured now
 
 
 def test_a_teacher_measurement_the_waits_did_not_finish_completes_when_needed():

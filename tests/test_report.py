@@ -8,6 +8,7 @@ import onnx.numpy_helper
 import pytest
 import torch
 import yaml
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
@@ -61,6 +62,21 @@ def test_plot_is_a_valid_png(tmp_path):
     with Image.open(path) as image:
         image.verify()
     assert (width, height) == (600, 400)
+
+
+def test_a_plot_is_drawn_once_to_be_saved(tmp_path, monkeypatch):
+    """tight_layout measures the figure without drawing it; savefig would draw it twice (once without
+    output, for a layout engine tight_layout leaves behind) unless the engine is removed."""
+    drawn = []
+    draw = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda figure, renderer: (drawn.append(figure), draw(figure, renderer))[1])
+    plots.plot_rounds([{"round": 1, "accuracy": 0.5}], tmp_path / "rounds.png", title="t", ylabel="acc",
+                      series={"student": "accuracy"})
+    plots.plot_confusion([[5, 1], [0, 4]], tmp_path / "confusion.png", title="t")
+    assert len(drawn) == 2 and drawn[0] is not drawn[1]
+    for name in ("rounds.png", "confusion.png"):
+        with Image.open(tmp_path / name) as image:
+            image.verify()
 
 
 def test_the_confusion_matrix_axes_name_the_classes(tmp_path, monkeypatch):
