@@ -10,7 +10,7 @@ every site would pay for them on the run's critical path:
     result = idle.start(lambda: summarize(teacher, shape, idle=idle))   # a Future
     with idle.waiting():        # the states wrap each wait for other sites' data
         received = wait_for_data()
-    idle.finish()               # when the result is needed: the rest runs now, unpaused
+    idle.finish(result)         # when the result is needed: the rest runs now, unpaused
     result.result()
 
 A job calls ``idle.run(call)`` for each small piece of work (one timed forward pass): the piece
@@ -43,11 +43,12 @@ class IdleTime:
     def __init__(self, always: bool = False) -> None:
         self._turn = threading.Condition()
         self._open = False        # inside a window
-        self._always = always     # after finish(): no more pauses
+        self._always = always     # no pauses at all (``ALWAYS``)
         self._closed = 0          # windows closed so far: a piece that saw one close overlapped the site's work
         self._whole = 0           # pieces running that a window's end must wait for
-        self._lowered = threading.local()   # a job thread's own priority while it runs at the lowest
-        self._last: Future | None = None   # the job started last: the next one runs after it
+        self._jobs: dict[Future, int] = {}   # each job's place in the order started
+        self._unpaused = 0        # jobs before this place run without pauses (``finish``)
+        self._thread = threading.local()   # in a job's thread: its place, and its priority while lowered
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
@@ -95,26 +96,35 @@ class IdleTime:
         """Run ``job`` in a background thread (it paces itself with ``run``/``whole``); its Future.
         Jobs run one after another, in the order started: they never compete for the idle core, and
         one needed first can be started first."""
-        previous = self._last
+        place, previous = len(self._jobs), next(reversed(self._jobs), None)
 
         def body() -> T:
             if previous is not None:
                 wait([previous])   # how it ended is for whoever takes its result
+            self._thread.place = place
             self._lower_priority()
             return job()
-        self._last = in_background(body, name)
-        return self._last
+        future = in_background(body, name)
+        self._jobs[future] = place
+        return future
 
-    def finish(self) -> None:
-        """From now on every piece runs at once: call it when a job's result is needed now."""
+    def finish(self, job: Future) -> None:
+        """From now on every piece of ``job``, and of the jobs started before it (it runs after them), runs
+        at once: call it when its result is needed now. Later jobs still wait for windows. (A Future not
+        started here, such as a result measured at once, has nothing left to run.)"""
         with self._turn:
-            self._always = True
-            self._turn.notify_all()
+            if job in self._jobs:
+                self._unpaused = max(self._unpaused, self._jobs[job] + 1)
+                self._turn.notify_all()
 
     def _wait_for_window(self) -> None:
-        while not (self._open or self._always):
+        place = getattr(self._thread, "place", None)
+
+        def unpaused() -> bool:
+            return self._always or (place is not None and place < self._unpaused)
+        while not (self._open or unpaused()):
             self._turn.wait()
-        if self._always:
+        if unpaused():
             self._restore_priority()
 
     def _lower_priority(self) -> None:
@@ -122,15 +132,15 @@ class IdleTime:
             try:
                 nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-                self._lowered.nice = nice
+                self._thread.nice = nice
             except OSError:
                 pass
 
     def _restore_priority(self) -> None:
         """The result is awaited now: full speed (raising a priority may need privileges: then it stays)."""
-        nice = getattr(self._lowered, "nice", None)
+        nice = getattr(self._thread, "nice", None)
         if nice is not None:
-            self._lowered.nice = None
+            self._thread.nice = None
             try:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
             except OSError:

@@ -212,7 +212,7 @@ def student_summary(site: "Site") -> dict:
         with exclusive():   # sites of one process take turns, as for every output
             return summarize(site.student, site.train.sample_shape).as_dict()   # on a CPU copy if need be
     result, idle = started
-    idle.finish()
+    idle.finish(result)
     return result.result()
 
 
@@ -243,7 +243,7 @@ def teacher_summary(teacher: torch.nn.Module, sample_shape: tuple[int, ...]) -> 
             measured[sample_shape] = (_done(summary), ALWAYS)
             return summary
     result, idle = started
-    idle.finish()
+    idle.finish(result)
     return result.result()
 
 

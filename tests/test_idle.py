@@ -45,8 +45,8 @@ def test_jobs_run_one_after_another_in_the_order_started():
         order.append("first ended")
         raise RuntimeError("the first job failed")
     failed = idle.start(first)
-    second = idle.start(lambda: order.append("second"))
-    idle.finish()
+    second = idle.start(lambda: idle.run(lambda: order.append("second")))
+    idle.finish(second)   # the first too: the second runs after it
     time.sleep(SHORT)
     assert order == ["first started"] and not second.done()   # waits for the first, though it could run
     release.set()
@@ -86,11 +86,16 @@ def test_the_end_of_a_window_waits_for_a_whole_piece():
     assert ended   # the window closed only after the piece
 
 
-def test_finish_lets_a_job_run_without_windows():
+def test_finish_lets_a_job_run_without_windows_and_leaves_later_jobs_to_the_windows():
     idle = IdleTime()
     done = idle.start(lambda: [idle.run(lambda: index)[0] for index in range(3)])
-    idle.finish()
+    later = idle.start(lambda: idle.run(lambda: "ran")[0])
+    idle.finish(done)
     assert done.result(timeout=10) == [0, 1, 2]
+    time.sleep(SHORT)
+    assert not later.done()   # still waiting for a window
+    with idle.waiting():
+        assert later.result(timeout=10) == "ran"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
@@ -103,7 +108,7 @@ def test_a_job_yields_to_the_sites_work_until_its_result_is_awaited():
         assert in_window.result(timeout=10) == 19   # a piece outlasting its window yields to the site's work
     awaited = IdleTime()
     job = awaited.start(lambda: awaited.run(nice)[0])
-    awaited.finish()
+    awaited.finish(job)
     assert job.result(timeout=10) == (own if os.geteuid() == 0 else 19)   # raising it back needs root
     assert nice() == own   # the caller's thread is untouched
 
@@ -128,7 +133,7 @@ def test_a_timed_run_the_end_of_a_wait_cut_short_counts_only_in_cpu_time(clock, 
     else:
         time.sleep(SHORT)
         assert not job.done()   # its next run waits for the next wait
-        idle.finish()
+        idle.finish(job)
         job.result(timeout=10)
     assert len(calls) == (2 if counted else 3)
 
