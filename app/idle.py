@@ -3,8 +3,8 @@
 In every round a site sends its update and then waits for the global model; the coordinator
 waits for the others' updates. Its CPU is idle then (on a machine it shares with other sites,
 another site is using its own core). Measurements that do not depend on the rounds, such as the
-frozen teacher's size and speed and those of the student's architecture, run in those windows instead of at the end of the run, where
-every site would pay for them on the run's critical path:
+frozen teacher's size and speed and those of the student's architecture, run in those windows
+instead of at the end of the run, where every site would pay for them on the run's critical path:
 
     idle = IdleTime()
     result = idle.start(lambda: summarize(teacher, shape, idle=idle))   # a Future

@@ -3,8 +3,8 @@
 ``export_student`` writes the student's model files (with ``quantize`` also the int8
 one, measured against the float one); ``write_outputs`` measures the final student's accuracy
 and the size, latency and memory of student and teacher (unless ``measure_student`` and
-``measure_teacher`` had them measured while the site waited during the rounds), assembles ``metrics.json`` and writes
-every other file from that one dictionary, so report.md, rounds.csv and the plots
+``measure_teacher`` had them measured while the site waited during the rounds), assembles
+``metrics.json`` and writes every other file from that one dictionary, so report.md, rounds.csv and the plots
 always agree with it. It is ``prepare_outputs`` (what needs only this site) then
 ``finish_outputs`` (what needs the federation's results too), so the coordinator can do
 the first part while the other sites write theirs.

@@ -135,8 +135,8 @@ class ChangingInputLauncher(LocalProcessLauncher):
         return client
 
 
-def test_a_client_whose_input_changed_before_the_controller_named_it_runs_on_the_new_input(small_federation,
-                                                                                          tmp_path):
+def test_a_client_whose_input_changed_before_the_controller_named_it_runs_on_the_new_input(
+        small_federation, tmp_path):
     generic, clients = small_federation(n_train=200, n_test=100, max_iter=2)
     result = run_federation(clients, generic, tmp_path / "out", launcher=ChangingInputLauncher(max_iter=1),
                             out=io.StringIO())

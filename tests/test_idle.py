@@ -168,8 +168,8 @@ def test_the_student_is_measured_in_the_waits_on_a_copy_that_the_rounds_leave_al
     the rounds, which change the student's weights and mode meanwhile; the result is taken at the end."""
     calls = []
     real = results.summarize
-    monkeypatch.setattr(results, "summarize", lambda model, *args, **kwargs: calls.append(model) or real(model, *args,
-                                                                                                        **kwargs))
+    monkeypatch.setattr(results, "summarize",
+                        lambda model, *args, **kwargs: calls.append(model) or real(model, *args, **kwargs))
     student, idle = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.Dropout()), IdleTime()
     site = SimpleNamespace(name="c1", student=student, train=SimpleNamespace(sample_shape=(1, 4, 4)))
     results.measure_student(site, idle)

@@ -111,7 +111,6 @@ def assert_all_gone(launcher: RecordingLauncher) -> None:
             os.kill(client.pid, 0)
 
 
-
 # --- whole federations ---------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -84,7 +84,6 @@ def containers(label: str) -> list[str]:
     return listed.stdout.split()
 
 
-
 def federate(clients: list[Path], generic: Path, output: Path, launcher: DockerLauncher,
              out: io.StringIO | None = None, **options) -> FederationResult:
     options.setdefault("timeouts", Timeouts(start=CONTAINER_START_TIMEOUT, run=RUN_TIMEOUT))

@@ -101,7 +101,6 @@ def look_after(pages: dict[str, str], folder: Path) -> dict:
     return seen
 
 
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Run:
     if CHROMIUM is None:
